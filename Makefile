@@ -1,0 +1,61 @@
+# OpsFabric: `make run` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE := .opsfabric
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAGAS_DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export PREFECT_HOME ?= $(CURDIR)/$(STATE)/prefect
+
+.PHONY: install run test test-fast ui mlflow-ui deploy worker repro bench lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# requirements.lock pins the tested resolve (torch is the CPU build: torch==2.13.0+cpu)
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the pinned stack
+
+run: install ## the main job end to end on embedded defaults (SQLite MLflow, local Qdrant, Prefect local API)
+	@mkdir -p $(PREFECT_HOME)
+	$(PY) -m flows.platform
+
+test: install ## the whole test suite (real Prefect, MLflow, Evidently, Qdrant, MiniLM)
+	$(PY) -m pytest -q
+
+test-fast: install ## unit tests only
+	$(PY) -m pytest -q -m unit
+
+ui: install ## Prefect UI on http://127.0.0.1:4200 over the same database `make run` wrote to
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over the embedded SQLite store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/$(STATE)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+deploy: install ## serve every deployment with its schedule (needs PREFECT_API_URL of a running server)
+	$(PY) -m deployments.serve
+
+worker: install ## a process worker for the `opsfabric` work pool
+	$(VENV)/bin/prefect worker start --pool opsfabric --type process
+
+repro: install ## the DVC pipeline (generate → validate → train → evaluate → monitor ...)
+	$(VENV)/bin/dvc repro
+
+bench: install ## every benchmark; each prints its figures
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lock: install ## refresh requirements.lock from the current .venv
+	( echo "# Full resolve of the stack on Python 3.11 (pip freeze). Used as a constraints file by make install."; \
+	  $(PY) -m pip freeze --exclude-editable ) > requirements.lock
+
+clean: ## remove local state (MLflow store, Prefect home, Qdrant, DVC outputs); keeps .venv
+	rm -rf $(STATE) .pytest_state data/raw data/prepared models reports metrics plots

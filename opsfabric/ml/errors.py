@@ -1,0 +1,23 @@
+"""Errors of the ML pipeline. Each message names the file, column, row or rule at fault."""
+
+from __future__ import annotations
+
+
+class MLPipelineError(Exception):
+    """Base class for errors the ML pipeline raises on purpose."""
+
+
+class DataLoadError(MLPipelineError):
+    """A data file is missing, empty, unreadable or of an unsupported format."""
+
+
+class DataValidationError(MLPipelineError):
+    """A table broke one or more validation rules. ``report`` holds every failed check."""
+
+    def __init__(self, message: str, report: object | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+class RegistrationError(MLPipelineError):
+    """Registering or promoting a model failed; the registry was rolled back to its prior state."""

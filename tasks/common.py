@@ -1,0 +1,26 @@
+"""What every task shares: the flow-run lineage and a run-scoped work folder."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect.runtime import flow_run
+
+from opsfabric.ml.steps import lineage_for
+from opsfabric.settings import Settings
+from opsfabric.tracking import Lineage
+
+
+def current_lineage(settings: Settings, data_files: list[Path]) -> Lineage:
+    """Lineage of the calling flow run: git commit, data hashes, config hash, Prefect run id and URL."""
+    return lineage_for(settings, data_files=data_files, flow_run_id=flow_run.get_id(), flow_run_url=flow_run.get_flow_run_ui_url())
+
+
+def run_dir(settings: Settings, kind: str) -> Path:
+    """A fresh folder for this flow run's outputs: ``<state_dir>/runs/<kind>/<time>-<flow run id>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_id = (flow_run.get_id() or "local")[:8]
+    path = settings.state_dir / "runs" / kind / f"{stamp}-{run_id}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
