@@ -1,0 +1,82 @@
+"""Training: reproducible, and the model behaves as the data says (behavioural checks)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from opsfabric.ml.dataset import read_table, resolve_feature_spec
+from opsfabric.ml.training import (
+    SAMPLE_WEIGHT_COLUMN,
+    evaluate_model,
+    positive_scores,
+    recency_weights,
+    split_train_eval,
+    train_candidate,
+)
+from opsfabric.settings import ModelParams, load_settings
+
+pytestmark = pytest.mark.unit
+MODEL = ModelParams(kind="gradient_boosting", hyperparameters={"n_estimators": 60, "max_depth": 3})
+
+
+@pytest.fixture(scope="module")
+def trained(churn_dir):
+    settings = load_settings()
+    reference = read_table(churn_dir / "reference.parquet")
+    spec = resolve_feature_spec(settings.dataset, reference)
+    train, evaluation = split_train_eval(reference, spec, test_size=0.25, seed=7)
+    return spec, train, evaluation, train_candidate(train, evaluation, spec, MODEL, seed=7)
+
+
+def test_same_seed_same_model(trained):
+    spec, train, evaluation, first = trained
+    second = train_candidate(train, evaluation, spec, MODEL, seed=7)
+    assert first.metrics == second.metrics
+
+
+def test_model_learns_something(trained):
+    *_, candidate = trained
+    assert candidate.metrics["roc_auc"] > 0.7  # the generator's signal is strong; a broken pipeline is near 0.5
+
+
+def test_direction_more_support_calls_raise_churn_risk(trained):
+    spec, _, evaluation, candidate = trained
+    calm = evaluation.assign(support_calls=0)
+    angry = evaluation.assign(support_calls=8)
+    assert positive_scores(candidate.pipeline, angry, spec).mean() > positive_scores(candidate.pipeline, calm, spec).mean()
+
+
+def test_invariance_to_customer_id(trained):
+    spec, _, evaluation, candidate = trained
+    renamed = evaluation.assign(customer_id="X")
+    assert (positive_scores(candidate.pipeline, renamed, spec) == positive_scores(candidate.pipeline, evaluation, spec)).all()
+
+
+def test_concept_drift_batch_hurts_the_reference_model(trained, churn_dir):
+    spec, _, _, candidate = trained
+    drifted = read_table(churn_dir / "batch_03.parquet")
+    assert evaluate_model(candidate.pipeline, drifted, spec)["roc_auc"] < candidate.metrics["roc_auc"] - 0.1
+
+
+def test_recency_weights_give_recent_rows_their_share():
+    ref_w, recent_w = recency_weights(6000, 1500, 0.8)
+    assert abs(1500 * recent_w / (6000 * ref_w + 1500 * recent_w) - 0.8) < 1e-9
+    assert abs((6000 * ref_w + 1500 * recent_w) / 7500 - 1.0) < 1e-9
+
+
+def test_sample_weights_change_the_fit(trained):
+    spec, train, evaluation, candidate = trained
+    weighted = train.assign(**{SAMPLE_WEIGHT_COLUMN: (train["contract"] == "two-year") * 5.0 + 0.1})
+    other = train_candidate(weighted, evaluation, spec, MODEL, seed=7)
+    assert other.metrics != candidate.metrics
+
+
+def test_features_inferred_for_an_unconfigured_csv(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame
+    settings = load_settings("configs/datasets/breast_cancer.yaml")
+    spec = resolve_feature_spec(settings.dataset, frame)
+    assert len(spec.numeric) == 30 and spec.categorical == [] and spec.target == "target"
+    assert isinstance(frame, pd.DataFrame)
