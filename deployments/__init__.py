@@ -1,0 +1,1 @@
+"""Prefect deployments with schedules: ``python -m deployments.serve`` or ``python -m deployments.deploy``."""

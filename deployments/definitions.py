@@ -1,0 +1,60 @@
+"""Every deployment, named once: which flow, which schedule, which default parameters.
+
+``serve.py`` runs them in one long-lived process (simplest: no work pool needed); ``deploy.py``
+registers them with a work pool so Prefect workers on other machines pick up the runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    name: str
+    entrypoint: str  # "flows/<module>.py:<flow function>"
+    cron: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+    def load_flow(self):
+        path, function = self.entrypoint.split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        return getattr(module, function)
+
+
+DEPLOYMENTS: list[DeploymentSpec] = [
+    DeploymentSpec(
+        name="ml-pipeline-weekly",
+        entrypoint="flows/ml_pipeline.py:ml_pipeline_flow",
+        cron="0 3 * * 1",
+        description="Full ML lifecycle: validate, train + gate, monitor every batch, retrain on drift, score.",
+        tags=("ml",),
+    ),
+    DeploymentSpec(
+        name="monitor-latest-daily",
+        entrypoint="flows/monitor.py:monitor_flow",
+        cron="0 6 * * *",
+        parameters={"batch": "batch_04"},
+        description="Drift + performance check of the newest batch; triggers retraining when it drifted.",
+        tags=("ml", "monitoring"),
+    ),
+    DeploymentSpec(
+        name="retrain-on-drift",
+        entrypoint="flows/retrain.py:retrain_flow",
+        parameters={"recent_batches": ["batch_04"]},
+        description="Retrain on reference + recent data and gate; set orchestration.retrain_deployment to "
+        "'retrain/retrain-on-drift' to have monitor trigger this deployment instead of a subflow.",
+        tags=("ml",),
+    ),
+    DeploymentSpec(
+        name="score-on-demand",
+        entrypoint="flows/score.py:score_flow",
+        parameters={"batch": "batch_04"},
+        description="Batch scoring with models:/<name>@champion.",
+        tags=("ml",),
+    ),
+]
