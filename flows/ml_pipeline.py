@@ -5,29 +5,37 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from flows.monitor import monitor_flow
-from flows.runners import flow_settings
-from flows.score import score_flow
-from flows.train import train_flow
-from flows.validate import validate_flow
+from flows.monitor import monitor_and_react
+from flows.runners import configured_task_runner, flow_settings
+from flows.train import train_and_gate
+from flows.validate import validate_files
+from tasks.common import run_dir
+from tasks.data import prepare_dataset
+from tasks.drift import load_champion, score_batch
 
 
-@flow(name="ml-pipeline", log_prints=True)
+@flow(name="ml-pipeline", task_runner=configured_task_runner(), log_prints=True)
 def ml_pipeline_flow(config_files: list[str] | None = None) -> dict:
-    """validate all → train + gate → for each batch in time order: monitor (→ retrain + gate) → score the last batch."""
+    """validate all → train + gate → for each batch in time order: monitor (→ retrain subflow + gate) → score the last batch.
+
+    The stages run as task groups inside this flow run (the standalone flows ``validate``,
+    ``train``, ``monitor``, ``score`` wrap the same groups); drift-triggered retraining runs as a
+    ``retrain`` subflow, as it does under ``monitor``.
+    """
     settings = flow_settings(config_files)
-    validate_flow(config_files)
-    trained = train_flow(config_files)
-    monitored = [monitor_flow(batch, config_files) for batch in _batch_names(settings)]
-    scored = score_flow(monitored[-1]["batch"], config_files) if monitored else None
+    files, contract = prepare_dataset(settings)
+    validate_files(settings, list(files.values()), contract)
+    trained = train_and_gate(settings, files["reference"], contract)
+    batches = [path for name, path in files.items() if name != "reference"]
+    monitored = [monitor_and_react(settings, path, contract, config_files) for path in batches]
+    scored = None
+    if batches:
+        out = run_dir(settings, "score") / f"{batches[-1].stem}.scored.parquet"
+        scored = str(score_batch(settings, load_champion(settings), contract, batches[-1], out))
     create_table_artifact(
         [_row(m) for m in monitored], key="ml-pipeline-batches", description="Drift verdict and retraining per batch"
     )
     return {"train": trained, "monitor": monitored, "scored": scored}
-
-
-def _batch_names(settings) -> list[str]:
-    return [settings.path(b).stem for b in settings.dataset.batches]
 
 
 def _row(monitored: dict) -> dict:

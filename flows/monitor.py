@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 
 from flows.retrain import retrain_flow
 from flows.runners import configured_task_runner, flow_settings, resolve_batch
+from opsfabric.ml.steps import DatasetContract
+from opsfabric.settings import Settings
 from tasks.common import current_lineage, run_dir
-from tasks.data import load_contract, validate_file
+from tasks.data import prepare_dataset, validate_file
 from tasks.drift import load_champion, monitor_batch
 
 
-@flow(name="monitor", task_runner=configured_task_runner(), log_prints=True)
-def monitor_flow(batch: str, config_files: list[str] | None = None, retrain_on_drift: bool = True) -> dict:
-    """validate batch → score with champion → Evidently drift + performance → verdict → retrain if needed.
-
-    Args:
-        batch: a configured batch name (``batch_02``) or a file path.
-        config_files: extra YAML overlays.
-        retrain_on_drift: trigger the retrain flow when the verdict says so.
-    """
-    settings = flow_settings(config_files)
-    path = resolve_batch(settings, batch)
-    contract = load_contract(settings)
+def monitor_and_react(
+    settings: Settings, path: Path, contract: DatasetContract, config_files: list[str] | None, retrain_on_drift: bool = True
+) -> dict:
+    """validate batch → score with champion → Evidently drift + performance → verdict → retrain if needed."""
     out_dir = run_dir(settings, "monitor")
     validate_file(settings, path, contract, out_dir / "validation", require_label=False)
     champion = load_champion(settings)
@@ -42,7 +38,21 @@ def monitor_flow(batch: str, config_files: list[str] | None = None, retrain_on_d
     return result
 
 
-def trigger_retrain(settings, recent: list[str], reason: str, config_files: list[str] | None) -> dict:
+@flow(name="monitor", task_runner=configured_task_runner(), log_prints=True)
+def monitor_flow(batch: str, config_files: list[str] | None = None, retrain_on_drift: bool = True) -> dict:
+    """Check one batch for drift and performance loss; retrain (subflow or deployment) when it says so.
+
+    Args:
+        batch: a configured batch name (``batch_02``) or a file path.
+        config_files: extra YAML overlays.
+        retrain_on_drift: trigger the retrain flow when the verdict says so.
+    """
+    settings = flow_settings(config_files)
+    _, contract = prepare_dataset(settings)
+    return monitor_and_react(settings, resolve_batch(settings, batch), contract, config_files, retrain_on_drift)
+
+
+def trigger_retrain(settings: Settings, recent: list[str], reason: str, config_files: list[str] | None) -> dict:
     """Retrain as a subflow, or through a deployment when ``orchestration.retrain_deployment`` is set."""
     deployment = settings.orchestration.retrain_deployment
     parameters = {"recent_batches": recent, "reason": reason, "config_files": config_files}

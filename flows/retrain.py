@@ -6,7 +6,7 @@ from prefect import flow
 
 from flows.runners import configured_task_runner, flow_settings, resolve_batch
 from tasks.common import current_lineage, run_dir
-from tasks.data import generate_data, load_contract, validate_file
+from tasks.data import prepare_dataset, validate_file
 from tasks.training import gate_and_register, prepare_retraining_sets, train_candidate
 
 
@@ -20,8 +20,7 @@ def retrain_flow(recent_batches: list[str], reason: str = "", config_files: list
         config_files: extra YAML overlays.
     """
     settings = flow_settings(config_files)
-    files = generate_data(settings)
-    contract = load_contract(settings)
+    files, contract = prepare_dataset(settings)
     work_dir = run_dir(settings, "retrain")
     recent = [resolve_batch(settings, b) for b in recent_batches]
     for path in recent:

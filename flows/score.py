@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.runners import configured_task_runner, flow_settings, resolve_batch
 from tasks.common import run_dir
-from tasks.data import load_contract, validate_file
+from tasks.data import prepare_dataset, validate_file
 from tasks.drift import load_champion, score_batch
 
 
@@ -23,7 +23,7 @@ def score_flow(batch: str, config_files: list[str] | None = None, output: str | 
     """
     settings = flow_settings(config_files)
     path = resolve_batch(settings, batch)
-    contract = load_contract(settings)
+    _, contract = prepare_dataset(settings)
     out_dir = run_dir(settings, "score")
     validate_file(settings, path, contract, out_dir / "validation", require_label=False)
     champion = load_champion(settings)

@@ -13,16 +13,10 @@ from opsfabric.ml.errors import DataValidationError
 from opsfabric.settings import Settings
 
 
-@task(name="generate-data", cache_policy=NO_CACHE)
-def generate_data(settings: Settings) -> dict[str, Path]:
-    """Write the dataset's files with its configured generator (skipped when they exist)."""
-    return steps.generate_dataset(settings)
-
-
-@task(name="load-contract", cache_policy=NO_CACHE)
-def load_contract(settings: Settings) -> steps.DatasetContract:
-    """Feature roles and validation schema, learned from the reference batch."""
-    return steps.load_contract(settings)
+@task(name="prepare-dataset", cache_policy=NO_CACHE)
+def prepare_dataset(settings: Settings) -> tuple[dict[str, Path], steps.DatasetContract]:
+    """The dataset's files (generated if configured and missing) and its contract (feature roles, schema)."""
+    return steps.generate_dataset(settings), steps.load_contract(settings)
 
 
 @task(name="validate-file", cache_policy=NO_CACHE)
