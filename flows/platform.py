@@ -1,4 +1,4 @@
-"""The main job behind `make run`: the ML lifecycle, then the LLM (RAG) pipeline."""
+"""The main job behind `make run`. Today: the ML lifecycle. The RAG and agent pipelines join here (issue 4 and later)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flows.ml_pipeline import ml_pipeline_flow
 
 @flow(name="opsfabric-platform", log_prints=True)
 def platform_flow(config_files: list[str] | None = None) -> dict:
-    """ML pipeline (validate → train → gate → monitor → retrain → score), then RAG ingest → eval → alias gate."""
+    """ML pipeline: validate → train → gate → monitor each batch → retrain on drift → score."""
     return {"ml": ml_pipeline_flow(config_files)}
 
 
