@@ -15,6 +15,7 @@ Every model forbids unknown keys, so a typo in a YAML file is an error that name
 
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -266,14 +267,18 @@ def config_files(extra: list[str | Path] | None = None, root: Path = PROJECT_ROO
     return [Path(n) if Path(n).is_absolute() else root / n for n in names]
 
 
+# The YAML files of the load_settings call in progress; a context variable, so threads (Prefect
+# tasks) loading different configurations at once do not see each other's files.
+_CONFIG_FILES: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("opsfabric_config_files", default=None)
+
+
 class _YamlDefaults(PydanticBaseSettingsSource):
     """Feeds the merged YAML files to pydantic-settings at the lowest precedence."""
 
-    files: list[Path] = []
-
     def __call__(self) -> dict[str, Any]:
+        files = _CONFIG_FILES.get()
         merged: dict[str, Any] = {}
-        for file in _YamlDefaults.files:
+        for file in config_files() if files is None else files:
             merged = merge_config(merged, _read_yaml(file))
         return merged
 
@@ -293,9 +298,12 @@ def load_settings(*extra_files: str | Path, root: Path = PROJECT_ROOT, **overrid
         ConfigError: a file is missing or malformed.
         pydantic.ValidationError: a key is unknown or a value has the wrong type (the key is named).
     """
-    _YamlDefaults.files = config_files(list(extra_files), root)
-    yaml_values = _YamlDefaults(Settings)()
-    # Overrides merge over YAML for nested sections so a test can set one key of a section.
-    init = {k: merge_config(yaml_values.get(k, {}), v) if isinstance(v, dict) else v for k, v in overrides.items()}
-    init.setdefault("project_root", root)
-    return Settings(**init)
+    token = _CONFIG_FILES.set(config_files(list(extra_files), root))
+    try:
+        yaml_values = _YamlDefaults(Settings)()
+        # Overrides merge over YAML for nested sections so a test can set one key of a section.
+        init = {k: merge_config(yaml_values.get(k, {}), v) if isinstance(v, dict) else v for k, v in overrides.items()}
+        init.setdefault("project_root", root)
+        return Settings(**init)
+    finally:
+        _CONFIG_FILES.reset(token)

@@ -53,3 +53,16 @@ def test_server_profile_switches_engines_by_config_only():
     settings = load_settings("configs/profiles/server.yaml")
     assert settings.tracking_uri.startswith("http://")
     assert settings.orchestration.task_runner == "dask"
+
+
+def test_concurrent_loads_keep_their_own_files(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    overlays = []
+    for i in range(8):
+        path = tmp_path / f"o{i}.yaml"
+        path.write_text(f"ml:\n  train:\n    seed: {i}\n")
+        overlays.append(path)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        seeds = list(pool.map(lambda p: load_settings(p).ml.train.seed, overlays * 5))
+    assert seeds == list(range(8)) * 5
