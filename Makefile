@@ -47,8 +47,8 @@ deploy: install ## serve every deployment with its schedule (needs PREFECT_API_U
 worker: install ## a process worker for the `opsfabric` work pool
 	$(VENV)/bin/prefect worker start --pool opsfabric --type process
 
-repro: install ## the DVC pipeline (generate → validate → train → evaluate → monitor ...)
-	$(VENV)/bin/dvc repro
+repro: install ## the DVC pipeline (ML: generate → ... → monitor; RAG: rag_golden → rag_ingest → rag_evaluate)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 bench: install ## every benchmark; each prints its figures
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -57,4 +57,31 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         description="Batch scoring with models:/<name>@champion.",
         tags=("ml",),
     ),
+    DeploymentSpec(
+        name="rag-pipeline-nightly",
+        entrypoint="flows/rag_pipeline.py:rag_pipeline_flow",
+        cron="0 2 * * *",
+        description="Incremental ingestion of the corpus into a new index version, golden-set evaluation, "
+        "and the gate that moves the live alias. An unchanged corpus embeds nothing.",
+        tags=("rag",),
+    ),
+    DeploymentSpec(
+        name="rag-eval-on-demand",
+        entrypoint="flows/rag_eval.py:rag_eval_flow",
+        description="Re-evaluate an index version (default: the newest build) against the live one and gate the alias.",
+        tags=("rag", "evaluation"),
+    ),
+    DeploymentSpec(
+        name="rag-rollback",
+        entrypoint="flows/rag_index.py:rag_rollback_flow",
+        description="Point the live alias back at the previous live index version (or at parameter `to`).",
+        tags=("rag", "operations"),
+    ),
+    DeploymentSpec(
+        name="rag-ask",
+        entrypoint="flows/rag_index.py:rag_ask_flow",
+        parameters={"question": "When was the Python Software Foundation formed?"},
+        description="Answer one question from the live index with citations (extractive unless an LLM endpoint is set).",
+        tags=("rag",),
+    ),
 ]

@@ -1,4 +1,4 @@
-"""The main job behind `make run`. Today: the ML lifecycle. The RAG and agent pipelines join here (issue 4 and later)."""
+"""The main job behind `make run`: the ML lifecycle, then the RAG lifecycle. Agents join here later."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import json
 from prefect import flow
 
 from flows.ml_pipeline import ml_pipeline_flow
+from flows.rag_pipeline import rag_pipeline_flow
 
 
 @flow(name="opsfabric-platform", log_prints=True)
 def platform_flow(config_files: list[str] | None = None) -> dict:
-    """ML pipeline: validate → train → gate → monitor each batch → retrain on drift → score."""
-    return {"ml": ml_pipeline_flow(config_files)}
+    """ML: validate → train → gate → monitor each batch → retrain on drift → score.
+    RAG: golden set → incremental ingest into a new index version → evaluate → gate the live alias.
+    """
+    ml = ml_pipeline_flow(config_files)
+    rag = rag_pipeline_flow(config_files)
+    return {"ml": ml, "rag": rag}
 
 
 if __name__ == "__main__":

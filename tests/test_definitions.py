@@ -19,5 +19,6 @@ def test_every_flow_module_imports_and_defines_a_flow():
     for module_info in pkgutil.iter_modules(flows.__path__):
         module = importlib.import_module(f"flows.{module_info.name}")
         found.update({name: obj for name, obj in vars(module).items() if isinstance(obj, Flow)})
-    for expected in ("validate_flow", "train_flow", "monitor_flow", "retrain_flow", "score_flow", "ml_pipeline_flow", "platform_flow"):
+    for expected in ("validate_flow", "train_flow", "monitor_flow", "retrain_flow", "score_flow", "ml_pipeline_flow", "platform_flow",
+                     "rag_pipeline_flow", "ingest_flow", "rag_eval_flow", "rag_rollback_flow", "rag_ask_flow"):
         assert expected in found

@@ -53,6 +53,11 @@ def test_server_profile_switches_engines_by_config_only():
     settings = load_settings("configs/profiles/server.yaml")
     assert settings.tracking_uri.startswith("http://")
     assert settings.orchestration.task_runner == "dask"
+    from opsfabric.rag.settings import rag_settings
+
+    rag = rag_settings(settings)
+    assert rag.store.url.startswith("http://")
+    assert rag.store.alias == "docs-live" and rag.chunking.chunk_size > 0  # the rest of `rag` still merges
 
 
 def test_concurrent_loads_keep_their_own_files(tmp_path):

@@ -1,0 +1,22 @@
+"""Ingest the configured corpus into a new (incremental) index version. Does not move the live alias."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.runners import flow_settings
+from tasks.ingest import ingest_corpus, load_rag_config
+
+
+@flow(name="rag-ingest", log_prints=True)
+def ingest_flow(config_files: list[str] | None = None) -> dict:
+    """load → clean → chunk → embed → upsert into a new versioned Qdrant collection."""
+    config = load_rag_config(flow_settings(config_files))
+    report, run_id = ingest_corpus(config)
+    return report.summary() | {"mlflow_run_id": run_id}
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(ingest_flow(), indent=2))

@@ -1,0 +1,57 @@
+"""Operate the live index: ``python -m flows.rag_index rollback|status|ask``.
+
+* ``rollback [--to docs-v0003]``: point the live alias back at the previous live version (one command).
+* ``status``: versions, their status and scores, and where the alias points.
+* ``ask "question"``: answer from the live alias, with citations (extractive unless an LLM is configured).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.runners import flow_settings
+from tasks.ingest import load_rag_config
+from tasks.rag import answer_question, rollback_index
+
+
+@flow(name="rag-rollback", log_prints=True)
+def rag_rollback_flow(config_files: list[str] | None = None, to: str | None = None) -> dict:
+    """Move the live alias back to the previous live index version (or to ``to``)."""
+    return rollback_index(load_rag_config(flow_settings(config_files)), to)
+
+
+@flow(name="rag-ask", log_prints=True)
+def rag_ask_flow(question: str, config_files: list[str] | None = None) -> dict:
+    """Answer one question from the live index version."""
+    answer = answer_question(load_rag_config(flow_settings(config_files)), question)
+    print(answer.render())
+    return answer.to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from opsfabric.rag import steps
+
+    parser = argparse.ArgumentParser(prog="python -m flows.rag_index", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    rb = sub.add_parser("rollback", help="point the live alias at the previous live version")
+    rb.add_argument("--to", default=None, help="a specific collection, e.g. docs-v0002")
+    sub.add_parser("status", help="index versions and the live alias")
+    ask = sub.add_parser("ask", help="answer a question from the live index")
+    ask.add_argument("question")
+    parser.add_argument("--config", action="append", default=[], help="extra YAML overlay (repeatable)")
+    args = parser.parse_args(argv)
+    configs = args.config or None
+    if args.command == "rollback":
+        print(json.dumps(rag_rollback_flow(configs, args.to), indent=2))
+    elif args.command == "status":
+        print(steps.report_json(steps.index_status(steps.rag_config(flow_settings(configs)))))
+    else:
+        rag_ask_flow(args.question, configs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

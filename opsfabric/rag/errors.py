@@ -1,0 +1,42 @@
+"""Errors of the RAG pipeline. Each message names the file, collection, key or rule at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RagError(Exception):
+    """Base class for errors the RAG pipeline raises on purpose."""
+
+
+class BadDocumentError(RagError):
+    """A corpus file cannot be ingested (empty, binary, undecodable, oversize, outside the corpus...)."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class CorpusError(RagError):
+    """The corpus as a whole cannot be ingested (missing folder, bad documents under ``fail`` policy)."""
+
+    def __init__(self, message: str, bad_documents: list[BadDocumentError] | None = None):
+        super().__init__(message)
+        self.bad_documents = bad_documents or []
+
+
+class IndexLockedError(RagError):
+    """The local Qdrant folder is held by another process (Qdrant local mode allows one client)."""
+
+
+class IndexVersionError(RagError):
+    """An index version or alias operation is impossible (unknown version, nothing to roll back to...)."""
+
+
+class GoldenSetError(RagError):
+    """The golden QA set is malformed or its reference passages are not in the corpus."""
+
+
+class EndpointError(RagError):
+    """An OpenAI-compatible endpoint (embeddings or chat) failed or answered something unusable."""

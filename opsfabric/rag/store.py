@@ -1,0 +1,300 @@
+"""Qdrant behind a few calls: open the store, versioned collections, the live alias, the version registry.
+
+Local mode (a folder under the state dir) is the default; ``rag.store.url`` points at a server.
+Qdrant local mode allows one client per folder: within a process every caller shares one client;
+a second *process* gets :class:`IndexLockedError` naming the folder and the process holding it.
+
+The version registry (``<state_dir>/rag/versions.json``) records every build: collection, base
+version, corpus and config hashes, status (building → built → live | rejected | failed), eval
+scores and MLflow run id, and the history of live versions that rollback walks back through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import atexit
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from opsfabric.rag.errors import IndexLockedError, IndexVersionError
+from opsfabric.rag.settings import RagConfig
+
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+OWNER_FILE = "opsfabric-owner.json"
+
+
+def open_qdrant(config: RagConfig) -> Any:
+    """The process's Qdrant client for the configured store (server URL or local folder).
+
+    Raises:
+        IndexLockedError: local mode and another process holds the folder.
+    """
+    from qdrant_client import QdrantClient
+
+    store = config.rag.store
+    key = store.url or str(config.qdrant_path.resolve())
+    with _CLIENTS_LOCK:
+        if key in _CLIENTS:
+            return _CLIENTS[key]
+        if store.url:
+            client = QdrantClient(url=store.url, api_key=config.secret(store.api_key_env), timeout=60)
+        else:
+            path = config.qdrant_path.resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                client = QdrantClient(path=str(path))
+            except RuntimeError as exc:
+                if "already accessed" not in str(exc):
+                    raise
+                raise IndexLockedError(
+                    f"Qdrant local folder {path} is locked by another process ({_describe_owner(path)}); "
+                    "Qdrant local mode allows one process at a time: wait for it to finish, or configure a "
+                    "server with rag.store.url"
+                ) from exc
+            (path / OWNER_FILE).write_text(
+                json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv[:4], "since": _now()})
+            )
+        _CLIENTS[key] = client
+        atexit.register(_close_quietly, client)
+        return client
+
+
+def _close_quietly(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - interpreter shutdown: modules may already be gone
+        pass
+
+
+def close_qdrant(config: RagConfig) -> None:
+    """Close and forget the process's client for this store (releases the local folder lock)."""
+    key = config.rag.store.url or str(config.qdrant_path.resolve())
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.pop(key, None)
+    if client is not None:
+        client.close()
+
+
+def _describe_owner(path: Path) -> str:
+    try:
+        owner = json.loads((path / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return "owner unknown"
+    return f"pid {owner.get('pid')} on {owner.get('host')}, command {' '.join(owner.get('argv') or [])!r}, since {owner.get('since')}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- collections and alias --------------------------------------------------------------------
+def collection_name(config: RagConfig, version: int) -> str:
+    return f"{config.rag.store.collection_prefix}-v{version:04d}"
+
+
+def ensure_collection(client: Any, name: str, dimensions: int) -> None:
+    from qdrant_client import models
+
+    if not client.collection_exists(name):
+        client.create_collection(name, vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE))
+        with warnings.catch_warnings():  # local mode ignores payload indexes and warns; servers use them
+            warnings.simplefilter("ignore")
+            client.create_payload_index(name, "doc_id", models.PayloadSchemaType.KEYWORD)
+
+
+def live_collection(client: Any, alias: str) -> str | None:
+    """The collection the alias points at, or None."""
+    for item in client.get_aliases().aliases:
+        if item.alias_name == alias:
+            return item.collection_name
+    return None
+
+
+def resolve_collection(client: Any, name: str) -> str:
+    """``name`` itself, or the collection it points at when it is an alias (local mode needs this)."""
+    if client.collection_exists(name):
+        return name
+    target = live_collection(client, name)
+    if target is None:
+        raise IndexVersionError(f"no collection or alias named {name!r} in the Qdrant store")
+    return target
+
+
+def point_alias(client: Any, alias: str, collection: str) -> None:
+    """Move ``alias`` to ``collection`` in one atomic alias update (readers never see no alias)."""
+    from qdrant_client import models
+
+    actions: list[Any] = []
+    if live_collection(client, alias) is not None:
+        actions.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+    actions.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
+    client.update_collection_aliases(change_aliases_operations=actions)
+
+
+def copy_points(client: Any, source: str, target: str, *, batch: int = 512) -> int:
+    """Copy every point (vector and payload, same ids) from ``source`` to ``target``; idempotent."""
+    from qdrant_client import models
+
+    copied, offset = 0, None
+    while True:
+        points, offset = client.scroll(source, limit=batch, offset=offset, with_payload=True, with_vectors=True)
+        if points:
+            client.upsert(target, [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points], wait=True)
+            copied += len(points)
+        if offset is None:
+            return copied
+
+
+def scroll_payloads(client: Any, collection: str, *, batch: int = 1024) -> list[tuple[str, dict]]:
+    """Every point's (id, payload) in the collection."""
+    out, offset = [], None
+    while True:
+        points, offset = client.scroll(collection, limit=batch, offset=offset, with_payload=True, with_vectors=False)
+        out.extend((str(p.id), p.payload or {}) for p in points)
+        if offset is None:
+            return out
+
+
+# ---- version registry ---------------------------------------------------------------------------
+@dataclass
+class IndexVersion:
+    """One build of the index: a Qdrant collection and where it came from."""
+
+    version: int
+    collection: str
+    status: str  # building | built | live | rejected | failed | retired
+    config_hash: str
+    index_config: dict
+    corpus_hash: str | None = None
+    base_collection: str | None = None
+    copied_from_base: bool = False
+    created_at: str = field(default_factory=_now)
+    built_at: str | None = None
+    stats: dict = field(default_factory=dict)
+    eval_scores: dict = field(default_factory=dict)
+    decision: dict = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+
+
+@dataclass
+class VersionRegistry:
+    """All builds and the history of live versions, persisted as JSON under the state folder."""
+
+    path: Path
+    versions: list[IndexVersion] = field(default_factory=list)
+    live_history: list[str] = field(default_factory=list)  # collections, oldest first
+
+    @classmethod
+    def load(cls, config: RagConfig) -> "VersionRegistry":
+        path = config.rag_state_dir / "versions.json"
+        if not path.exists():
+            return cls(path)
+        data = json.loads(path.read_text())
+        return cls(path, [IndexVersion(**v) for v in data["versions"]], data.get("live_history", []))
+
+    def save(self) -> None:
+        """Atomic write (temp file + rename): a crash leaves the old or the new registry, never half."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"versions": [asdict(v) for v in self.versions], "live_history": self.live_history}, indent=2))
+        os.replace(tmp, self.path)
+
+    def get(self, collection: str) -> IndexVersion:
+        for v in self.versions:
+            if v.collection == collection:
+                return v
+        raise IndexVersionError(f"unknown index version {collection!r} in {self.path}")
+
+    def next_version(self) -> int:
+        return max((v.version for v in self.versions), default=0) + 1
+
+    def unfinished(self, config_hash: str) -> IndexVersion | None:
+        """A build that crashed before it finished, with the same index config: resume into it."""
+        for v in reversed(self.versions):
+            if v.status == "building" and v.config_hash == config_hash:
+                return v
+        return None
+
+    def latest_complete(self, config_hash: str) -> IndexVersion | None:
+        """The newest finished build with this index config (the base an incremental build copies)."""
+        for v in reversed(self.versions):
+            if v.status in {"built", "live", "rejected"} and v.config_hash == config_hash:
+                return v
+        return None
+
+
+def docstore_path(config: RagConfig, collection: str) -> Path:
+    """The llama-index docstore (doc id → content hash) that is consistent with ``collection``."""
+    return config.rag_state_dir / "docstores" / f"{collection}.json"
+
+
+def delete_version(client: Any, config: RagConfig, registry: VersionRegistry, version: IndexVersion) -> None:
+    if client.collection_exists(version.collection):
+        client.delete_collection(version.collection)
+    docstore_path(config, version.collection).unlink(missing_ok=True)
+    version.status = "retired"
+
+
+def retire_old_versions(client: Any, config: RagConfig, registry: VersionRegistry) -> list[str]:
+    """Delete collections beyond ``rag.store.keep_versions``, never the live one or its rollback target."""
+    keep = set(registry.live_history[-2:])
+    alive = [v for v in registry.versions if v.status in {"built", "live", "rejected", "failed"}]
+    retired = []
+    for v in alive[: max(0, len(alive) - config.rag.store.keep_versions)]:
+        if v.collection not in keep:
+            delete_version(client, config, registry, v)
+            retired.append(v.collection)
+    if retired:
+        registry.save()
+    return retired
+
+
+def promote(client: Any, config: RagConfig, registry: VersionRegistry, collection: str) -> None:
+    """Point the live alias at ``collection`` and record it as live."""
+    previous = live_collection(client, config.rag.store.alias)
+    point_alias(client, config.rag.store.alias, collection)
+    for v in registry.versions:
+        if v.collection == previous and v.status == "live":
+            v.status = "built"
+    registry.get(collection).status = "live"
+    registry.live_history.append(collection)
+    registry.save()
+
+
+def rollback(client: Any, config: RagConfig, registry: VersionRegistry, to: str | None = None) -> tuple[str | None, str]:
+    """Point the alias back at the previous live version (or at ``to``). Returns (from, to).
+
+    Raises:
+        IndexVersionError: nothing to roll back to, or the target collection no longer exists.
+    """
+    alias = config.rag.store.alias
+    current = live_collection(client, alias)
+    if to is None:
+        earlier = [c for c in registry.live_history if c != current]
+        if not earlier:
+            raise IndexVersionError(f"alias {alias!r} has no earlier live version to roll back to ({registry.path})")
+        to = earlier[-1]
+    target = registry.get(to)
+    if not client.collection_exists(to):
+        raise IndexVersionError(f"cannot roll back alias {alias!r} to {to!r}: the collection was deleted")
+    point_alias(client, alias, to)
+    if current:
+        try:
+            registry.get(current).status = "built"
+        except IndexVersionError:
+            pass  # a collection made outside OpsFabric: nothing to record
+        # drop the rolled-back version from the history so a second rollback goes further back
+        registry.live_history = [c for c in registry.live_history if c != current]
+    target.status = "live"
+    if not registry.live_history or registry.live_history[-1] != to:
+        registry.live_history.append(to)
+    registry.save()
+    return current, to

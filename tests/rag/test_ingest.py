@@ -1,0 +1,204 @@
+"""Ingestion on real Qdrant local mode with real MiniLM: incremental, versioned, crash-safe, locked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opsfabric.rag import ingest, store
+from opsfabric.rag.errors import CorpusError
+from opsfabric.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.flows
+
+
+def build(config, embedder):
+    return ingest.build_index_version(config, ingest.load_configured_corpus(config), embedder, show_progress=False)
+
+
+def points(config, collection: str) -> dict[str, tuple[str, int, str]]:
+    """point id -> (doc id, chunk index, content hash) of every point in the collection."""
+    client = store.open_qdrant(config)
+    return {pid: (p["doc_id"], p["chunk_index"], p["content_hash"]) for pid, p in store.scroll_payloads(client, collection)}
+
+
+def assert_one_copy_per_chunk(config, collection: str) -> None:
+    found = points(config, collection)
+    keys = [(doc, index) for doc, index, _ in found.values()]
+    assert len(keys) == len(set(keys)), "a chunk is stored twice"
+    assert store.open_qdrant(config).count(collection, exact=True).count == len(found)
+
+
+def fresh_build_ids(make_rag_config, embedder, state: str) -> dict:
+    """Point ids of a from-scratch build of the current corpus in a separate state folder."""
+    config = make_rag_config(state)
+    report = build(config, embedder)
+    ids = points(config, report.collection)
+    store.close_qdrant(config)
+    return ids
+
+
+def test_rerun_on_unchanged_corpus_embeds_nothing(make_rag_config, embedder):
+    config = make_rag_config()
+    first = build(config, embedder)
+    assert first.status == "built" and first.chunks_embedded == first.chunks_total > 10
+    assert sorted(first.documents_added) == sorted(d.doc_id for d in ingest.load_configured_corpus(config).documents)
+    second = build(config, embedder)
+    assert second.status == "unchanged" and second.chunks_embedded == 0 and second.collection == first.collection
+    assert [v.collection for v in store.VersionRegistry.load(config).versions] == [first.collection]
+    payload = next(iter(store.scroll_payloads(store.open_qdrant(config), first.collection)))[1]
+    assert {"source_path", "title", "content_hash", "ingested_at", "pipeline_version", "chunk_index"} <= set(payload)
+
+
+def test_add_change_delete_builds_a_new_version_equal_to_a_fresh_build(make_rag_config, embedder, tiny_corpus: Path):
+    config = make_rag_config()
+    v1 = build(config, embedder)
+    v1_points = points(config, v1.collection)
+    (tiny_corpus / "python/zen_of_python.txt").write_text("The Zen of Python, abridged.\n\nBeautiful is better than ugly. Readability counts.\n")
+    (tiny_corpus / "libffi/Memory-Usage.html").unlink()
+    (tiny_corpus / "new.md").write_text("# New page\n\nQdrant aliases let readers switch collections atomically.\n")
+    v2 = build(config, embedder)
+    assert v2.status == "built" and v2.base_collection == v1.collection and v2.collection != v1.collection
+    assert v2.documents_added == ["new.md"] and v2.documents_changed == ["python/zen_of_python.txt"]
+    assert v2.documents_removed == ["libffi/Memory-Usage.html"]
+    assert v2.chunks_copied == len(v1_points)
+    v2_points = points(config, v2.collection)
+    # only the added and changed documents were embedded
+    assert v2.chunks_embedded == sum(1 for doc, _, _ in v2_points.values() if doc in {"new.md", "python/zen_of_python.txt"})
+    assert not {doc for doc, _, _ in v2_points.values()} & {"libffi/Memory-Usage.html"}
+    assert points(config, v1.collection) == v1_points, "the previous version must stay intact (rollback target)"
+    store.close_qdrant(config)
+    assert set(v2_points) == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
+
+
+def vectors(config, collection: str) -> dict[str, list[float]]:
+    client = store.open_qdrant(config)
+    out, offset = {}, None
+    while True:
+        batch, offset = client.scroll(collection, limit=512, offset=offset, with_vectors=True)
+        out.update({str(p.id): p.vector for p in batch})
+        if offset is None:
+            return out
+
+
+def test_an_edited_document_re_embeds_only_chunks_whose_text_changed(make_rag_config, embedder, tiny_corpus: Path):
+    import numpy as np
+
+    config = make_rag_config()
+    v1 = build(config, embedder)
+    doc = "http/requests_README.md"
+    before = sum(1 for d, _, _ in points(config, v1.collection).values() if d == doc)
+    assert before >= 3, "the test needs a document of several chunks"
+    path = tiny_corpus / doc
+    path.write_text(path.read_text(encoding="utf-8") + "\n\nA paragraph appended at the end of the document.\n", encoding="utf-8")
+    v2 = build(config, embedder)
+    after = sum(1 for d, _, _ in points(config, v2.collection).values() if d == doc)
+    assert v2.documents_changed == [doc]
+    assert v2.chunks_embedded + v2.chunks_reused == after
+    assert 1 <= v2.chunks_embedded < after and v2.chunks_reused >= after - 2
+    reused = vectors(config, v2.collection)
+    store.close_qdrant(config)
+    fresh_config = make_rag_config("fresh")
+    fresh = vectors(fresh_config, build(fresh_config, embedder).collection)
+    assert set(reused) == set(fresh)
+    for pid, vector in fresh.items():  # a reused vector is the one a fresh build computes
+        assert np.allclose(reused[pid], vector, atol=1e-5), pid
+
+
+def test_a_crash_during_upserts_resumes_to_exactly_one_copy(make_rag_config, embedder, tiny_corpus: Path, monkeypatch):
+    config = make_rag_config()
+    v1 = build(config, embedder)
+    (tiny_corpus / "python/zen_of_python.txt").write_text("Changed Zen.\n\n" + "Errors should never pass silently. " * 40)
+    (tiny_corpus / "extra.txt").write_text("Extra document. " * 300)
+    client = store.open_qdrant(config)
+    real_upload = client.upload_points
+
+    def crashing_upload(collection_name, points, **kwargs):
+        points = list(points)
+        real_upload(collection_name, points[: len(points) // 2], **kwargs)  # half the new chunks commit...
+        raise KeyboardInterrupt("simulated crash mid-upsert")  # ...then the process dies
+
+    monkeypatch.setattr(client, "upload_points", crashing_upload)
+    with pytest.raises(KeyboardInterrupt):
+        build(config, embedder)
+    monkeypatch.undo()
+    registry = store.VersionRegistry.load(config)
+    assert registry.versions[-1].status == "building"
+    # the document half-written by the crash changes again before the resume: its stale chunks must go
+    (tiny_corpus / "extra.txt").write_text("Extra document, second edit. " * 200)
+    resumed = build(config, embedder)
+    assert resumed.status == "resumed" and resumed.collection == registry.versions[-1].collection
+    assert_one_copy_per_chunk(config, resumed.collection)
+    ids = set(points(config, resumed.collection))
+    store.close_qdrant(config)
+    assert ids == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
+
+
+def test_a_crash_after_upserts_before_the_docstore_is_saved_resumes_cleanly(make_rag_config, embedder, tiny_corpus: Path, monkeypatch):
+    config = make_rag_config()
+    build(config, embedder)
+    (tiny_corpus / "libffi/Thread-Safety.html").write_text("<html><body><p>libffi thread notes, rewritten for the test.</p></body></html>")
+    (tiny_corpus / "late.md").write_text("# Late\n\nA document added just before the crash.")
+
+    def crash(docstore, path):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ingest, "_persist_docstore", crash)
+    with pytest.raises(OSError, match="simulated"):
+        build(config, embedder)
+    monkeypatch.undo()
+    resumed = build(config, embedder)
+    assert resumed.status == "resumed"
+    assert set(resumed.documents_added) == {"late.md"} and resumed.documents_changed == ["libffi/Thread-Safety.html"]
+    assert_one_copy_per_chunk(config, resumed.collection)
+    assert build(config, embedder).status == "unchanged"
+
+
+def test_bad_documents_are_reported_by_name_and_the_rest_is_ingested(make_rag_config, embedder, tiny_corpus: Path, tmp_path: Path):
+    config = make_rag_config()
+    v1 = build(config, embedder)
+    (tiny_corpus / "empty.md").write_bytes(b"")
+    (tiny_corpus / "blob.txt").write_bytes(b"\x00\x01binary")
+    (tiny_corpus / "http/requests_README.md").write_bytes(b"Requests \xff\xfe now undecodable")
+    outside = tmp_path / "outside.md"
+    outside.write_text("# Outside\n\nnot part of the corpus")
+    os.symlink(outside, tiny_corpus / "escape.md")
+    v2 = build(config, embedder)
+    reasons = {b["path"]: b["reason"] for b in v2.bad_documents}
+    assert set(reasons) == {"empty.md", "blob.txt", "http/requests_README.md", "escape.md"}
+    assert "symlink points outside the corpus folder" in reasons["escape.md"]
+    assert "not valid UTF-8" in reasons["http/requests_README.md"]
+    # the undecodable document keeps its last good chunks; nothing already indexed is lost
+    docs = {doc for doc, _, _ in points(config, v2.collection).values()}
+    assert "http/requests_README.md" in docs and v2.documents_removed == []
+    assert set(points(config, v1.collection)) == set(points(config, v2.collection))  # bad files changed nothing
+
+
+def test_fail_policy_stops_before_writing_anything(make_rag_config, embedder, tiny_corpus: Path):
+    config = make_rag_config(ingest={"on_bad_document": "fail"})
+    (tiny_corpus / "blob.txt").write_bytes(b"\x00\x01binary")
+    with pytest.raises(CorpusError, match=r"blob\.txt: binary content"):
+        ingest.load_configured_corpus(config)
+    assert not (config.rag_state_dir / "versions.json").exists() and not config.qdrant_path.exists()
+
+
+def test_a_second_process_on_the_same_local_folder_gets_a_named_error(make_rag_config):
+    config = make_rag_config()
+    store.open_qdrant(config)  # this process holds the lock
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from opsfabric.settings import load_settings\n"
+        "from opsfabric.rag.settings import RagConfig\n"
+        "from opsfabric.rag.store import open_qdrant\n"
+        f"open_qdrant(RagConfig(load_settings(state_dir=Path({str(config.settings.state_dir)!r}))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert done.returncode != 0
+    assert "IndexLockedError" in done.stderr and str(config.qdrant_path.resolve()) in done.stderr
+    assert f"pid {os.getpid()}" in done.stderr
+    store.close_qdrant(config)  # the owner can reopen after closing: nothing corrupted
+    assert store.open_qdrant(config).get_collections() is not None
