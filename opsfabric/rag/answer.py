@@ -192,11 +192,14 @@ class LLMAnswerer:
             response = httpx.post(url, json=body, headers=headers, timeout=self.llm.timeout_seconds)
             response.raise_for_status()
             data = response.json()
-            text = data["choices"][0]["message"]["content"].strip()
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            content = data["choices"][0]["message"]["content"]
+            if not isinstance(content, str) or not content.strip():
+                raise ValueError(f"no answer text in the reply (content={content!r})")
+            text = content.strip()
+            usage = data.get("usage") or {}
+            prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise EndpointError(f"chat endpoint {url} (rag.llm.base_url) failed: {exc}") from exc
-        usage = data.get("usage") or {}
-        prompt_tokens, completion_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
         cited = sorted({int(n) for n in re.findall(r"\[(\d+)\]", text) if 1 <= int(n) <= len(chunks)})
         return Answer(
             question=question,

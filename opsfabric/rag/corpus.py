@@ -113,8 +113,8 @@ def load_document(path: Path, corpus_dir: Path, *, max_bytes: int, cache_dir: Pa
         raise BadDocumentError(rel, f"oversize: {size} bytes > rag.corpus.max_bytes={max_bytes}")
     raw = resolved.read_bytes()
     content_hash = hashlib.sha256(raw).hexdigest()
-    cached = _read_cache(cache_dir, content_hash)
-    if cached is not None:  # same bytes, same cleaner: same text (content-addressed, always valid)
+    cached = _read_cache(cache_dir, kind, content_hash)
+    if cached is not None:  # same bytes, same format, same cleaner: same text (content-addressed)
         return LoadedDocument(rel, cached[0] or Path(rel).stem, cached[1], content_hash, str(path), kind)
     if kind == "pdf":
         title, text = _pdf_text(raw, rel)
@@ -130,32 +130,33 @@ def load_document(path: Path, corpus_dir: Path, *, max_bytes: int, cache_dir: Pa
     text = normalize_text(text)
     if not text.strip():
         raise BadDocumentError(rel, f"no text after cleaning ({kind}, {size} bytes)")
-    _write_cache(cache_dir, content_hash, title, text)
+    _write_cache(cache_dir, kind, content_hash, title, text)
     return LoadedDocument(rel, title or Path(rel).stem, text, content_hash, str(path), kind)
 
 
-# Bump when cleaning changes: cached texts of the old cleaner are then ignored.
+# Bump when cleaning changes: cached texts of the old cleaner are then ignored, and (being part of
+# the index config) the next ingestion rebuilds the index from the new text.
 CLEANER_VERSION = "1"
 
 
-def _cache_file(cache_dir: Path, content_hash: str) -> Path:
-    return cache_dir / f"v{CLEANER_VERSION}" / content_hash[:2] / f"{content_hash}.json"
+def _cache_file(cache_dir: Path, kind: str, content_hash: str) -> Path:
+    return cache_dir / f"v{CLEANER_VERSION}" / kind / content_hash[:2] / f"{content_hash}.json"
 
 
-def _read_cache(cache_dir: Path | None, content_hash: str) -> tuple[str, str] | None:
+def _read_cache(cache_dir: Path | None, kind: str, content_hash: str) -> tuple[str, str] | None:
     if cache_dir is None:
         return None
     try:
-        data = json.loads(_cache_file(cache_dir, content_hash).read_text(encoding="utf-8"))
+        data = json.loads(_cache_file(cache_dir, kind, content_hash).read_text(encoding="utf-8"))
         return data["title"], data["text"]
     except (OSError, ValueError, KeyError):
         return None
 
 
-def _write_cache(cache_dir: Path | None, content_hash: str, title: str, text: str) -> None:
+def _write_cache(cache_dir: Path | None, kind: str, content_hash: str, title: str, text: str) -> None:
     if cache_dir is None:
         return
-    target = _cache_file(cache_dir, content_hash)
+    target = _cache_file(cache_dir, kind, content_hash)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"title": title, "text": text}), encoding="utf-8")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from opsfabric.rag.answer import Answer
 from opsfabric.rag.golden import GoldenItem, squash
-from opsfabric.rag.retrieval import Chunk, Retriever
+from opsfabric.rag.guard import as_data_block, detect_injection
+from opsfabric.rag.retrieval import Chunk, Retriever, all_chunks
 from opsfabric.rag.settings import GateParams
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,28 @@ def retrieval_scores(relevance: list[bool], n_relevant: int, ks: tuple[int, ...]
     return scores
 
 
+_CITATION = re.compile(r"\s*\[\d+\]")
+
+
+def strip_citations(text: str) -> str:
+    """The answer without its ``[n]`` citation markers (they are not part of the answer's words)."""
+    return _CITATION.sub("", text).strip()
+
+
+def bleu(response: str, reference: str) -> float:
+    """Sentence BLEU (sacrebleu, 0..1) of the whole response against the whole reference.
+
+    ragas 0.4.3's ``BleuScore`` splits both strings on ". " and passes the pieces to corpus_bleu
+    as parallel segments, so only the first response sentence is compared with the first reference
+    sentence; we call sacrebleu, which it wraps, on the whole strings instead.
+    """
+    from sacrebleu import sentence_bleu
+
+    return sentence_bleu(response, [reference]).score / 100
+
+
 def ragas_scores(item: GoldenItem, answer: Answer, contexts: list[str], reference_contexts: list[str]) -> dict[str, float]:
-    """ragas metrics that need no LLM, on one question.
+    """ragas metrics that need no LLM (and BLEU), on one question.
 
     ``reference_contexts`` are the chunks of the evaluated collection that hold the reference
     passage (the passage itself if none does): ragas' non-LLM context metrics compare whole
@@ -60,11 +82,12 @@ def ragas_scores(item: GoldenItem, answer: Answer, contexts: list[str], referenc
     passage, while it does match the chunk that contains it.
     """
     from ragas import SingleTurnSample
-    from ragas.metrics import BleuScore, NonLLMContextPrecisionWithReference, NonLLMContextRecall, NonLLMStringSimilarity, RougeScore
+    from ragas.metrics import NonLLMContextPrecisionWithReference, NonLLMContextRecall, NonLLMStringSimilarity, RougeScore
 
+    response = strip_citations(answer.text)
     sample = SingleTurnSample(
         user_input=item.question,
-        response=answer.text,
+        response=response,
         reference=item.reference_answer,
         retrieved_contexts=contexts or [""],
         reference_contexts=reference_contexts or [item.passage],
@@ -74,9 +97,9 @@ def ragas_scores(item: GoldenItem, answer: Answer, contexts: list[str], referenc
         "context_recall": NonLLMContextRecall(),
         "string_similarity": NonLLMStringSimilarity(),
         "rouge_l": RougeScore(),
-        "bleu": BleuScore(),
     }
-    return {name: float(metric.single_turn_score(sample)) for name, metric in metrics.items()}
+    scores = {name: float(metric.single_turn_score(sample)) for name, metric in metrics.items()}
+    return scores | {"bleu": bleu(response, item.reference_answer)}
 
 
 def llm_judge_scores(config: Any, rows: list[dict]) -> list[dict[str, float]]:
@@ -89,7 +112,9 @@ def llm_judge_scores(config: Any, rows: list[dict]) -> list[dict[str, float]]:
 
     llm = config.rag.llm
     key = config.secret(llm.api_key_env) or "not-needed"
-    judge = LangchainLLMWrapper(ChatOpenAI(base_url=llm.base_url, model=llm.model, api_key=key, temperature=0))
+    judge = LangchainLLMWrapper(
+        ChatOpenAI(base_url=llm.base_url, model=llm.model, api_key=key, temperature=0, timeout=llm.timeout_seconds, max_retries=2)
+    )
     emb = config.rag.embedding
     if emb.backend == "openai":
         embeddings = LangchainEmbeddingsWrapper(OpenAIEmbeddings(base_url=emb.base_url, model=emb.model, api_key=config.secret(emb.api_key_env) or key))
@@ -102,7 +127,9 @@ def llm_judge_scores(config: Any, rows: list[dict]) -> list[dict[str, float]]:
     faithfulness, relevancy = Faithfulness(llm=judge), ResponseRelevancy(llm=judge, embeddings=embeddings)
     out = []
     for row in rows:
-        sample = SingleTurnSample(user_input=row["question"], response=row["answer"], retrieved_contexts=row["contexts"])
+        # The judge reads retrieved text too: flagged chunks go in as escaped, labelled data blocks.
+        contexts = [as_data_block(i, "retrieved", c, True) if detect_injection(c) else c for i, c in enumerate(row["contexts"], start=1)]
+        sample = SingleTurnSample(user_input=row["question"], response=row["answer"], retrieved_contexts=contexts)
         out.append({"faithfulness": float(faithfulness.single_turn_score(sample)), "answer_relevancy": float(relevancy.single_turn_score(sample))})
     return out
 
@@ -134,7 +161,8 @@ def evaluate_version(
     import time
 
     k = max(RETRIEVAL_KS + (config.rag.retrieval.top_k,))
-    reference_chunks = {item.id: [c.text for c in retriever.chunks if is_relevant(c.text, c.doc_id, item)] for item in golden}
+    chunks = all_chunks(retriever.client, retriever.collection)
+    reference_chunks = {item.id: [c.text for c in chunks if is_relevant(c.text, c.doc_id, item)] for item in golden}
     relevant_count = {key: len(chunks) for key, chunks in reference_chunks.items()}
     rows = []
     for item in golden:
@@ -165,8 +193,17 @@ def evaluate_version(
             row.update(extra)
     numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
     aggregates = {name: _mean([row[name] for row in rows]) for name in numeric}
+    for name in numeric:  # a mean over the non-NaN rows only is reported with the share it left out
+        nan_share = sum(1 for row in rows if _is_nan(row[name])) / len(rows)
+        if nan_share:
+            aggregates[f"{name}_nan_share"] = nan_share
+            log.warning("%s is NaN for %d of %d questions", name, round(nan_share * len(rows)), len(rows))
     prompt_hash = getattr(getattr(answerer, "template", None), "sha256", None)
     return EvalResult(retriever.collection, rows, aggregates, answerer.method, bool(judge), prompt_hash)
+
+
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _mean(values: list[float]) -> float:
@@ -195,10 +232,13 @@ def should_go_live(
     live_scores: dict[str, float] | None = None,
     candidate: str = "",
     live: str | None = None,
+    not_compared: str | None = None,
 ) -> GoLiveDecision:
     """Every threshold must be met and the candidate may not trail the live version by more than
     ``policy.max_regression`` on ``policy.primary_metric``. ``live_scores`` must come from the same
-    golden set in the same run. A missing or NaN metric never passes.
+    golden set in the same run. A missing or NaN metric never passes, nor does a metric that is NaN
+    for more than ``policy.max_nan_share`` of the questions (``<metric>_nan_share`` in the scores).
+    ``not_compared`` says why a live version was not evaluated (recorded among the reasons).
     """
     reasons, ok = [], True
     for metric, floor in sorted(policy.thresholds.items()):
@@ -206,6 +246,12 @@ def should_go_live(
         if value is None or math.isnan(value):
             ok = False
             reasons.append(f"{metric} is missing or NaN (threshold {floor})")
+        elif candidate_scores.get(f"{metric}_nan_share", 0.0) > policy.max_nan_share:
+            ok = False
+            reasons.append(
+                f"{metric} is NaN for {candidate_scores[f'{metric}_nan_share']:.0%} of the questions "
+                f"(> rag.gate.max_nan_share={policy.max_nan_share})"
+            )
         elif value < floor:
             ok = False
             reasons.append(f"{metric}={value:.4f} is below the threshold {floor}")
@@ -224,14 +270,16 @@ def should_go_live(
             reasons.append(f"{metric}={cand:.4f} vs live {live} {champ:.4f} (allowed regression {policy.max_regression})")
     elif live is None:
         reasons.append("no live version yet")
+    elif not_compared:
+        reasons.append(not_compared)
     return GoLiveDecision(ok, reasons, candidate, live)
 
 
 def evaluate_retrieval(retriever: Retriever, golden: list[GoldenItem], mode: str, ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
     """Mean hit@k, MRR and nDCG of one retrieval mode (no answering): benchmarks and quality floors."""
-    rows = []
+    rows, chunks = [], all_chunks(retriever.client, retriever.collection)
     for item in golden:
-        n_relevant = sum(is_relevant(c.text, c.doc_id, item) for c in retriever.chunks)
+        n_relevant = sum(is_relevant(c.text, c.doc_id, item) for c in chunks)
         hits = retriever.search(item.question, k=max(ks), mode=mode)
         rows.append(retrieval_scores([is_relevant(h.text, h.doc_id, item) for h in hits], max(n_relevant, 1), ks))
     return {name: _mean([row[name] for row in rows]) for name in rows[0]} if rows else {}

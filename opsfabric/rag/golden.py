@@ -43,13 +43,20 @@ def read_golden_source(path: Path) -> list[GoldenItem]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise GoldenSetError(f"{path}:{number}: not valid JSON: {exc}") from exc
-        missing = [k for k in REQUIRED if not isinstance(row.get(k), str) or not row[k].strip()]
+        if not isinstance(row, dict):
+            raise GoldenSetError(f"{path}:{number}: expected a JSON object with fields {list(REQUIRED)}, got {type(row).__name__}")
+        missing = [k for k in REQUIRED if k not in row or row[k] is None or (isinstance(row[k], str) and not row[k].strip())]
         if missing:
             raise GoldenSetError(f"{path}:{number}: missing or empty field(s) {missing}")
+        not_text = [k for k in REQUIRED if not isinstance(row[k], str)]
+        if not_text:
+            raise GoldenSetError(f"{path}:{number}: field(s) {not_text} must be strings, got {[type(row[k]).__name__ for k in not_text]}")
         if row["id"] in seen:
             raise GoldenSetError(f"{path}:{number}: duplicate id {row['id']!r}")
         seen.add(row["id"])
         items.append(GoldenItem(**{k: row[k] for k in REQUIRED}))
+    if not items:
+        raise GoldenSetError(f"{path}: the golden QA set is empty (rag.golden.source): nothing to evaluate an index on")
     return items
 
 

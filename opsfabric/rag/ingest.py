@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from opsfabric.rag import store
+from opsfabric.rag import keyword, store
 from opsfabric.rag.corpus import LoadedCorpus, LoadedDocument, load_corpus
 from opsfabric.rag.errors import CorpusError
 from opsfabric.rag.guard import detect_injection
@@ -36,7 +36,7 @@ from opsfabric.rag.settings import RagConfig
 log = logging.getLogger(__name__)
 
 # Bump when cleaning or chunk metadata changes meaning: a new pipeline version re-embeds everything.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: named dense vector + BM25 sparse vector per chunk
 POINT_NAMESPACE = uuid.UUID("5d1c7a4e-2f7b-4c1e-9a51-0f0c0ffee001")
 
 
@@ -139,11 +139,14 @@ def to_llama_document(doc: LoadedDocument) -> Any:
     return Document(id_=doc.doc_id, text=doc.text, metadata=metadata, excluded_embed_metadata_keys=list(metadata), excluded_llm_metadata_keys=list(metadata))
 
 
-def make_chunk_stamper(ingested_at: str) -> Any:
-    from llama_index.core.schema import TransformComponent
+def make_chunk_stamper(ingested_at: str, titles: dict[str, str]) -> Any:
+    from llama_index.core.schema import MetadataMode, TransformComponent
 
     class StampChunks(TransformComponent):
-        """Adds chunk index and ingestion time to each chunk's payload (not to its embedded text)."""
+        """Adds chunk index and ingestion time to each chunk's payload (not to its embedded text).
+
+        Also records each chunk's document title by chunk text, for the keyword encoder.
+        """
 
         def __call__(self, nodes: list, **kwargs: Any) -> list:
             counters: dict[str, int] = {}
@@ -155,6 +158,7 @@ def make_chunk_stamper(ingested_at: str) -> Any:
                 keys = list(node.metadata)
                 node.excluded_embed_metadata_keys = keys
                 node.excluded_llm_metadata_keys = keys
+                titles[text_key(node.get_content(metadata_mode=MetadataMode.EMBED))] = node.metadata.get("title", "")
             return nodes
 
     return StampChunks()
@@ -182,8 +186,9 @@ def reusable_vectors(client: Any, collection: str, doc_ids: list[str]) -> dict[s
         points, offset = client.scroll(collection, scroll_filter=match, limit=512, offset=offset, with_payload=True, with_vectors=True)
         for point in points:
             text = json.loads((point.payload or {}).get("_node_content") or "{}").get("text")
-            if text is not None and isinstance(point.vector, list):
-                found[text_key(text)] = point.vector
+            vector = (point.vector or {}).get(store.DENSE_VECTOR) if isinstance(point.vector, dict) else None
+            if text is not None and vector is not None:
+                found[text_key(text)] = vector
         if offset is None:
             return found
 
@@ -296,7 +301,18 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
         client.delete(version.collection, models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=orphans))]), wait=True)
         log.warning("deleted chunks of %d document(s) left by an interrupted build: %s", len(orphans), orphans[:5])
 
-    vector_store = QdrantVectorStore(collection_name=version.collection, client=client, batch_size=config.rag.embedding.batch_size)
+    titles: dict[str, str] = {}  # chunk text key -> document title (filled by the stamper)
+    encode_chunks, encode_queries = keyword.sparse_encoders(**config.keyword_weights())
+
+    def encode_documents(texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
+        # BM25 sees the document title with every chunk; the dense vector sees the chunk text only.
+        return encode_chunks([f"{titles.get(text_key(t), '')} {t}" for t in texts])
+
+    vector_store = QdrantVectorStore(
+        collection_name=version.collection, client=client, batch_size=config.rag.embedding.batch_size,
+        enable_hybrid=True, dense_vector_name=store.DENSE_VECTOR, sparse_vector_name=store.SPARSE_VECTOR,
+        sparse_doc_fn=encode_documents, sparse_query_fn=encode_queries,  # our BM25: no sparse model download
+    )
     documents = [to_llama_document(d) for d in corpus.documents]
     added = [d.id_ for d in documents if docstore.get_document_hash(d.id_) is None]
     changed = [d.id_ for d in documents if docstore.get_document_hash(d.id_) not in (None, d.hash)]
@@ -309,7 +325,7 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
     counts = {"embedded": 0, "reused": 0}
     reusable = reusable_vectors(client, version.collection, changed)
     pipeline = IngestionPipeline(
-        transformations=[make_splitter(config), make_chunk_stamper(_now()), make_chunk_embedder(embed_model, reusable, counts)],
+        transformations=[make_splitter(config), make_chunk_stamper(_now(), titles), make_chunk_embedder(embed_model, reusable, counts)],
         vector_store=vector_store,
         docstore=docstore,
         docstore_strategy=DocstoreStrategy.UPSERTS,

@@ -1,39 +1,19 @@
-"""Retrieval over one index version: dense (Qdrant), keyword (BM25) and hybrid (weighted RRF).
+"""Retrieval over one index version: dense, keyword (BM25) and hybrid (weighted RRF), all in Qdrant.
 
-The BM25 side is computed here over the collection's own chunk texts (no sparse model download);
-hybrid mode fuses the two ranked lists with weighted reciprocal rank fusion:
-``score(chunk) = Σ_lists weight / (rrf_k + rank)``.
+Dense search queries the chunk's MiniLM vector; keyword search queries its BM25 sparse vector
+(:mod:`opsfabric.rag.keyword`, IDF applied by Qdrant). Both are top-k queries served by Qdrant,
+so retrieval cost does not grow with a scan of the collection in this process. Hybrid mode fuses
+the two ranked lists with weighted reciprocal rank fusion: ``score = Σ_lists weight / (rrf_k + rank)``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsfabric.rag import store
+from opsfabric.rag import keyword, store
 from opsfabric.rag.settings import RetrievalParams
-
-_TOKEN = re.compile(r"[a-z0-9]+(?:[_'][a-z0-9]+)*")
-STOPWORDS = frozenset(
-    "a an and are as at be but by can do does for from has have how i if in into is it its of on or "
-    "that the their then there these this to was were what when where which who why will with you your".split()
-)
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens without stopwords, with a light plural/verb suffix strip."""
-    out = []
-    for token in _TOKEN.findall(text.lower()):
-        if token in STOPWORDS:
-            continue
-        for suffix in ("ing", "es", "s"):
-            if len(token) > len(suffix) + 3 and token.endswith(suffix):
-                token = token[: -len(suffix)]
-                break
-        out.append(token)
-    return out
 
 
 @dataclass
@@ -61,26 +41,23 @@ class Retriever:
     """Dense, BM25 and hybrid search over one collection (or alias). Build once, query many times."""
 
     def __init__(self, client: Any, collection: str, embed_model: Any, params: RetrievalParams):
-        from rank_bm25 import BM25Okapi
-
-        collection = store.resolve_collection(client, collection)
-        self.client, self.collection, self.embed_model, self.params = client, collection, embed_model, params
-        self.chunks = [chunk_from_payload(pid, payload) for pid, payload in store.scroll_payloads(client, collection)]
-        self.chunks.sort(key=lambda c: (c.doc_id, c.chunk_index))
-        self._by_id = {c.chunk_id: c for c in self.chunks}
-        self._bm25 = BM25Okapi([tokenize(f"{c.title} {c.text}") for c in self.chunks]) if self.chunks else None
+        self.client, self.embed_model, self.params = client, embed_model, params
+        self.collection = store.resolve_collection(client, collection)
 
     def dense(self, query: str, k: int) -> list[Chunk]:
         vector = self.embed_model.get_query_embedding(query)
-        hits = self.client.query_points(self.collection, query=vector, limit=k, with_payload=True).points
-        return [self._copy(str(h.id), float(h.score), "dense", rank) for rank, h in enumerate(hits, start=1)]
+        hits = self.client.query_points(self.collection, query=vector, using=store.DENSE_VECTOR, limit=k, with_payload=True).points
+        return [_chunk(hit, "dense", rank) for rank, hit in enumerate(hits, start=1)]
 
     def bm25(self, query: str, k: int) -> list[Chunk]:
-        if self._bm25 is None:
+        from qdrant_client import models
+
+        indices, values = keyword.query_vector(query)
+        if not indices:  # only stopwords or punctuation: no keyword evidence
             return []
-        scores = self._bm25.get_scores(tokenize(query))
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
-        return [self._copy(self.chunks[i].chunk_id, float(scores[i]), "bm25", rank) for rank, i in enumerate(order, start=1) if scores[i] > 0]
+        sparse = models.SparseVector(indices=indices, values=values)
+        hits = self.client.query_points(self.collection, query=sparse, using=store.SPARSE_VECTOR, limit=k, with_payload=True).points
+        return [_chunk(hit, "bm25", rank) for rank, hit in enumerate(hits, start=1) if hit.score > 0]
 
     def hybrid(self, query: str, k: int) -> list[Chunk]:
         p = self.params
@@ -90,7 +67,7 @@ class Retriever:
             ("bm25", p.bm25_weight, self.bm25(query, p.candidates)),
         ):
             for rank, hit in enumerate(hits, start=1):
-                chunk = fused.setdefault(hit.chunk_id, self._copy(hit.chunk_id, 0.0, None, 0))
+                chunk = fused.setdefault(hit.chunk_id, Chunk(hit.chunk_id, hit.doc_id, hit.title, hit.chunk_index, hit.text))
                 chunk.score += weight / (p.rrf_k + rank)
                 chunk.ranks[name] = rank
         return sorted(fused.values(), key=lambda c: (-c.score, c.doc_id, c.chunk_index))[:k]
@@ -100,9 +77,15 @@ class Retriever:
         k = k or self.params.top_k
         return getattr(self, mode or self.params.mode)(query, k)
 
-    def _copy(self, chunk_id: str, score: float, mode: str | None, rank: int) -> Chunk:
-        base = self._by_id.get(chunk_id)
-        if base is None:  # written after this retriever was built
-            point = self.client.retrieve(self.collection, [chunk_id], with_payload=True)[0]
-            base = chunk_from_payload(chunk_id, point.payload or {})
-        return Chunk(base.chunk_id, base.doc_id, base.title, base.chunk_index, base.text, score, {mode: rank} if mode else {})
+
+def _chunk(hit: Any, mode: str, rank: int) -> Chunk:
+    chunk = chunk_from_payload(str(hit.id), hit.payload or {}, float(hit.score))
+    chunk.ranks[mode] = rank
+    return chunk
+
+
+def all_chunks(client: Any, collection: str) -> list[Chunk]:
+    """Every chunk of a collection (or alias), in document order. Evaluation only: it reads the whole collection."""
+    collection = store.resolve_collection(client, collection)
+    chunks = [chunk_from_payload(pid, payload) for pid, payload in store.scroll_payloads(client, collection)]
+    return sorted(chunks, key=lambda c: (c.doc_id, c.chunk_index))

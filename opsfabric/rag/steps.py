@@ -22,6 +22,7 @@ from opsfabric.rag.evaluation import EvalResult, GoLiveDecision, evaluate_versio
 from opsfabric.rag.golden import prepare_golden_set, read_golden, read_golden_source
 from opsfabric.rag.ingest import IngestReport, build_index_version, load_configured_corpus
 from opsfabric.rag.retrieval import Retriever
+from opsfabric.rag.errors import IndexVersionError
 from opsfabric.rag.settings import RagConfig
 from opsfabric.settings import Settings
 from opsfabric.tracking import Lineage
@@ -68,7 +69,7 @@ def ingest_corpus(config: RagConfig, embed_model: Any | None = None, *, show_pro
 
 
 def log_index_version(config: RagConfig, report: IngestReport, lineage: Lineage) -> str | None:
-    """One MLflow run per built index version: corpus hash, chunking and embedding settings, counts."""
+    """One MLflow run per built index version: corpus hash, chunking, BM25 and embedding settings, counts."""
     if report.status == "unchanged":
         return store.VersionRegistry.load(config).get(report.collection).mlflow_run_id
     client = tracking.mlflow_client(config.settings)
@@ -82,7 +83,9 @@ def log_index_version(config: RagConfig, report: IngestReport, lineage: Lineage)
             "collection": report.collection,
             "base_collection": report.base_collection or "",
             "pipeline_version": index_config["pipeline_version"],
+            "cleaner_version": index_config["cleaner_version"],
             **{f"chunking.{k}": v for k, v in index_config["chunking"].items()},
+            **{f"keyword.{k}": v for k, v in index_config["keyword"].items()},
             **{f"embedding.{k}": v for k, v in index_config["embedding"].items()},
             "corpus_path": config.rag.corpus.path,
         }
@@ -142,34 +145,52 @@ class GateOutcome:
 def evaluate_and_gate(config: RagConfig, collection: str, embed_model: Any | None = None, *, apply: bool = True) -> GateOutcome:
     """Evaluate ``collection`` (and the live version, on the same golden set), decide, and move the alias if approved.
 
-    With ``apply=False`` (DVC stage) the decision is computed and returned but nothing moves.
+    The live version is compared only when today's queries can search it (same embedding model and
+    tokenizer); otherwise the decision rests on the thresholds and says why. With ``apply=False``
+    (DVC stage) the decision is computed and returned, and nothing is written or moved.
     """
     embed_model = embed_model or embedding_model(config)
     client = store.open_qdrant(config)
-    live = store.live_collection(client, config.rag.store.alias)
+    registry = store.VersionRegistry.load(config)
+    live = store.reconcile_live(client, config, registry) if apply else store.live_collection(client, config.rag.store.alias)
     candidate = evaluate_collection(config, collection, embed_model)
-    live_result = evaluate_collection(config, live, embed_model) if live and live != collection else None
+    live_result, not_compared = None, None
+    if live and live != collection:
+        built_with = _recorded_index_config(registry, live)
+        if built_with is None:
+            not_compared = f"live {live} is not in the registry {registry.path}: not compared"
+        elif not store.query_compatible(built_with, config.index_config()):
+            not_compared = f"live {live} was built with another embedding model or tokenizer: scores not comparable, not compared"
+        else:
+            live_result = evaluate_collection(config, live, embed_model)
     decision = should_go_live(
-        candidate.aggregates, config.rag.gate, live_scores=live_result.aggregates if live_result else None, candidate=collection, live=live
+        candidate.aggregates, config.rag.gate, live_scores=live_result.aggregates if live_result else None,
+        candidate=collection, live=live, not_compared=not_compared,
     )
     log.info("gate for %s: %s %s", collection, "GO LIVE" if decision.approved else "rejected", decision.reasons)
-    registry = store.VersionRegistry.load(config)
-    version = registry.get(collection)
-    version.eval_scores = {k: round(v, 6) for k, v in candidate.aggregates.items()}
-    version.decision = decision.to_dict()
     retired: list[str] = []
     promoted = False
     if apply:
+        version = registry.get(collection)
+        version.eval_scores = {k: round(v, 6) for k, v in candidate.aggregates.items()}
+        version.decision = decision.to_dict()
         if decision.approved and live != collection:
             store.promote(client, config, registry, collection)
             promoted = True
-        elif not decision.approved:
+        elif not decision.approved and live != collection:
             version.status = "rejected"
+        elif not decision.approved:
+            log.warning("live version %s no longer passes the gate: it stays live (roll back or build a fix)", collection)
         registry.save()
         retired = store.retire_old_versions(client, config, registry)
-    else:
-        registry.save()
     return GateOutcome(decision, candidate, live_result, promoted, store.live_collection(client, config.rag.store.alias), retired)
+
+
+def _recorded_index_config(registry: store.VersionRegistry, collection: str) -> dict | None:
+    try:
+        return registry.get(collection).index_config
+    except IndexVersionError:
+        return None
 
 
 def log_evaluation(config: RagConfig, outcome: GateOutcome, lineage: Lineage, index_run_id: str | None) -> str:
@@ -249,7 +270,13 @@ def answer_question(config: RagConfig, question: str, embed_model: Any | None = 
 
     embed_model = embed_model or embedding_model(config)
     client = store.open_qdrant(config)
-    target = collection or config.rag.store.alias
+    target = store.resolve_collection(client, collection or config.rag.store.alias)
+    built_with = _recorded_index_config(store.VersionRegistry.load(config), target)
+    if built_with is not None and not store.query_compatible(built_with, config.index_config()):
+        raise IndexVersionError(
+            f"{target} was built with another embedding model or tokenizer than the current configuration "
+            f"({built_with.get('embedding')} vs {config.index_config()['embedding']}): queries would not match its vectors"
+        )
     retriever = Retriever(client, target, embed_model, config.rag.retrieval)
     started = time.perf_counter()
     hits = retriever.search(question)
@@ -270,8 +297,6 @@ def report_json(payload: Any) -> str:
 
 def newest_collection(config: RagConfig) -> str:
     """The newest finished build with the current index config (what rag-eval evaluates by default)."""
-    from opsfabric.rag.errors import IndexVersionError
-
     version = store.VersionRegistry.load(config).latest_complete(config.index_config_hash())
     if version is None:
         raise IndexVersionError(f"no built index version for the current index config {config.index_config_hash()}: run the ingest flow first")

@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import atexit
+import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ from typing import Any
 from opsfabric.rag.errors import IndexLockedError, IndexVersionError
 from opsfabric.rag.settings import RagConfig
 
+log = logging.getLogger(__name__)
 _CLIENTS: dict[str, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 OWNER_FILE = "opsfabric-owner.json"
@@ -100,11 +102,21 @@ def collection_name(config: RagConfig, version: int) -> str:
     return f"{config.rag.store.collection_prefix}-v{version:04d}"
 
 
+# llama-index's QdrantVectorStore writes these names when hybrid is enabled; queries use them too.
+DENSE_VECTOR = "text-dense"
+SPARSE_VECTOR = "text-sparse-new"
+
+
 def ensure_collection(client: Any, name: str, dimensions: int) -> None:
+    """A collection with a cosine dense vector and a BM25 sparse vector (IDF applied by Qdrant)."""
     from qdrant_client import models
 
     if not client.collection_exists(name):
-        client.create_collection(name, vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE))
+        client.create_collection(
+            name,
+            vectors_config={DENSE_VECTOR: models.VectorParams(size=dimensions, distance=models.Distance.COSINE)},
+            sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
         with warnings.catch_warnings():  # local mode ignores payload indexes and warns; servers use them
             warnings.simplefilter("ignore")
             client.create_payload_index(name, "doc_id", models.PayloadSchemaType.KEYWORD)
@@ -197,8 +209,14 @@ class VersionRegistry:
         path = config.rag_state_dir / "versions.json"
         if not path.exists():
             return cls(path)
-        data = json.loads(path.read_text())
-        return cls(path, [IndexVersion(**v) for v in data["versions"]], data.get("live_history", []))
+        try:
+            data = json.loads(path.read_text())
+            return cls(path, [IndexVersion(**v) for v in data["versions"]], data.get("live_history", []))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexVersionError(
+                f"{path}: unreadable index version registry ({exc.__class__.__name__}: {exc}); "
+                "restore it from a backup or move it away to start a new lineage"
+            ) from exc
 
     def save(self) -> None:
         """Atomic write (temp file + rename): a crash leaves the old or the new registry, never half."""
@@ -257,6 +275,44 @@ def retire_old_versions(client: Any, config: RagConfig, registry: VersionRegistr
     return retired
 
 
+# What a query depends on: the embedding model and the tokenizer (pipeline version). A collection
+# built with other chunking or BM25 weights can still be searched with today's queries.
+QUERY_KEYS = ("pipeline_version", "embedding")
+
+
+def query_compatible(built_with: dict, current: dict) -> bool:
+    """Whether queries made under the ``current`` index config can search a collection ``built_with`` another."""
+    return all(built_with.get(key) == current.get(key) for key in QUERY_KEYS)
+
+
+def reconcile_live(client: Any, config: RagConfig, registry: VersionRegistry) -> str | None:
+    """Make the registry agree with the alias, which is the truth readers see; return the live collection.
+
+    Repairs the state a crash leaves between moving the alias and saving the registry.
+    """
+    live = live_collection(client, config.rag.store.alias)
+    if live is None:
+        return None
+    try:
+        version = registry.get(live)
+    except IndexVersionError:
+        return live  # a collection made outside OpsFabric: nothing to record
+    stale = [v for v in registry.versions if v.status == "live" and v.collection != live]
+    if version.status != "live" or stale or not registry.live_history or registry.live_history[-1] != live:
+        log.warning("registry %s disagreed with alias %s -> %s: repaired", registry.path, config.rag.store.alias, live)
+        for v in stale:
+            v.status = "built"
+        version.status = "live"
+        if not registry.live_history or registry.live_history[-1] != live:
+            registry.live_history.append(live)
+        registry.save()
+    return live
+
+
+def _query_side(index_config: dict) -> str:
+    return ", ".join(f"{key}={index_config.get(key)}" for key in QUERY_KEYS)
+
+
 def promote(client: Any, config: RagConfig, registry: VersionRegistry, collection: str) -> None:
     """Point the live alias at ``collection`` and record it as live."""
     previous = live_collection(client, config.rag.store.alias)
@@ -276,15 +332,22 @@ def rollback(client: Any, config: RagConfig, registry: VersionRegistry, to: str 
         IndexVersionError: nothing to roll back to, or the target collection no longer exists.
     """
     alias = config.rag.store.alias
-    current = live_collection(client, alias)
+    current = reconcile_live(client, config, registry)
     if to is None:
         earlier = [c for c in registry.live_history if c != current]
         if not earlier:
             raise IndexVersionError(f"alias {alias!r} has no earlier live version to roll back to ({registry.path})")
         to = earlier[-1]
     target = registry.get(to)
+    if target.status not in {"built", "live", "rejected"}:
+        raise IndexVersionError(f"cannot roll back alias {alias!r} to {to!r}: its status is {target.status!r} (not a finished build)")
     if not client.collection_exists(to):
         raise IndexVersionError(f"cannot roll back alias {alias!r} to {to!r}: the collection was deleted")
+    if not query_compatible(target.index_config, config.index_config()):
+        raise IndexVersionError(
+            f"cannot roll back alias {alias!r} to {to!r}: it was built with {_query_side(target.index_config)}, the current "
+            f"configuration queries with {_query_side(config.index_config())}; restore that configuration first"
+        )
     point_alias(client, alias, to)
     if current:
         try:

@@ -200,7 +200,7 @@ def test_openai_compatible_embedding_backend_ingests_and_reports_endpoint_errors
         assert {c["model"] for c in _EmbeddingsEndpoint.calls} == {"text-embedding-test"}
         assert max(len(c["input"]) for c in _EmbeddingsEndpoint.calls) <= 16
         info = store.open_qdrant(config).get_collection(report.collection)
-        assert info.config.params.vectors.size == 8
+        assert info.config.params.vectors[store.DENSE_VECTOR].size == 8
         first = _EmbeddingsEndpoint.calls[-1]["input"][0]
         assert model.get_text_embedding(first) == model.get_text_embedding_batch([first, "other"])[0]  # order restored
         assert config.index_config()["embedding"] == {"backend": "openai", "model": "text-embedding-test"}

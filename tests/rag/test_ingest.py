@@ -76,11 +76,12 @@ def test_add_change_delete_builds_a_new_version_equal_to_a_fresh_build(make_rag_
 
 
 def vectors(config, collection: str) -> dict[str, list[float]]:
+    """point id -> dense vector of every point in the collection."""
     client = store.open_qdrant(config)
     out, offset = {}, None
     while True:
         batch, offset = client.scroll(collection, limit=512, offset=offset, with_vectors=True)
-        out.update({str(p.id): p.vector for p in batch})
+        out.update({str(p.id): p.vector[store.DENSE_VECTOR] for p in batch})
         if offset is None:
             return out
 
