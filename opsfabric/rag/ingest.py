@@ -56,7 +56,7 @@ class IngestReport:
     documents_removed: list[str] = field(default_factory=list)
     documents_unchanged: int = 0
     bad_documents: list[dict] = field(default_factory=list)
-    injection_flagged: list[str] = field(default_factory=list)
+    injection_flagged: list[str] = field(default_factory=list)  # among the documents ingested by this run
     chunks_embedded: int = 0
     chunks_reused: int = 0  # chunks of changed documents whose text (hence vector) did not change
     chunks_copied: int = 0
@@ -260,14 +260,13 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
         base = None  # deleted by hand: rebuild from scratch
     common = dict(corpus_hash=corpus_hash, config_hash=config_hash, documents_seen=len(corpus.documents))
     bad = [{"path": b.path, "reason": b.reason} for b in corpus.bad_documents]
-    flagged = [d.doc_id for d in corpus.documents if detect_injection(d.text)]
 
     if resuming is None and base is not None and base.corpus_hash == corpus_hash:
         total = client.count(base.collection, exact=True).count
         log.info("corpus %s unchanged since %s: nothing to embed", corpus_hash, base.collection)
         return IngestReport(
             "unchanged", base.collection, base.version, base.base_collection, documents_unchanged=len(corpus.documents),
-            bad_documents=bad, injection_flagged=flagged, chunks_total=total, seconds=time.perf_counter() - started, **common,
+            bad_documents=bad, chunks_total=total, seconds=time.perf_counter() - started, **common,
         )
 
     if resuming is not None:
@@ -281,6 +280,7 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
         )
         registry.versions.append(version)
         registry.save()
+    may_hold_orphans = resuming is not None or client.collection_exists(version.collection)
     store.ensure_collection(client, version.collection, embedding_dimensions(config, embed_model))
     copied, copy_started = 0, time.perf_counter()
     if version.base_collection and not version.copied_from_base:
@@ -295,7 +295,8 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
     known = {doc_id for doc_id in docstore.get_all_document_hashes().values()}
 
     # Points of documents the docstore does not know were written by an interrupted run: drop them.
-    present = {payload.get("doc_id") for _, payload in store.scroll_payloads(client, version.collection)}
+    # Only a resumed build (or a collection left without a registry entry) can hold such points.
+    present = {payload.get("doc_id") for _, payload in store.scroll_payloads(client, version.collection)} if may_hold_orphans else set()
     orphans = sorted(d for d in present - known if d)
     if orphans:
         client.delete(version.collection, models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=orphans))]), wait=True)
@@ -334,13 +335,15 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
     pipeline.run(documents=documents, show_progress=show_progress, store_doc_text=False)
     _persist_docstore(docstore, own_docstore)  # only after the upserts returned
 
+    ingested = set(added) | set(changed)
     version.status = "built"
     version.corpus_hash = corpus_hash
     version.built_at = _now()
     report = IngestReport(
         "resumed" if resuming else "built", version.collection, version.version, version.base_collection,
         documents_added=added, documents_changed=changed, documents_removed=removed,
-        documents_unchanged=len(documents) - len(added) - len(changed), bad_documents=bad, injection_flagged=flagged,
+        documents_unchanged=len(documents) - len(added) - len(changed), bad_documents=bad,
+        injection_flagged=[d.doc_id for d in corpus.documents if d.doc_id in ingested and detect_injection(d.text)],
         chunks_embedded=counts["embedded"], chunks_reused=counts["reused"], chunks_copied=copied, orphans_deleted=len(orphans), copy_seconds=copy_seconds,
         chunks_total=client.count(version.collection, exact=True).count, seconds=time.perf_counter() - started, **common,
     )

@@ -139,6 +139,51 @@ def test_a_crash_during_upserts_resumes_to_exactly_one_copy(make_rag_config, emb
     assert ids == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
 
 
+_KILLED_CHILD = """
+import json, os, signal, sys
+from pathlib import Path
+from qdrant_client import QdrantClient
+from opsfabric.runtime_env import configure_runtime_env
+configure_runtime_env()
+from opsfabric.rag import steps
+from opsfabric.rag.settings import RagConfig
+from opsfabric.settings import load_settings
+
+real_upload = QdrantClient.upload_points
+def upload_then_die(self, collection_name, points, **kwargs):
+    points = list(points)
+    real_upload(self, collection_name, points[: len(points) // 2], **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # no exception handlers, no atexit, no flush: a real crash
+QdrantClient.upload_points = upload_then_die
+config = RagConfig(load_settings(state_dir=Path(sys.argv[1]), rag=json.loads(sys.argv[2])))
+steps.ingest_corpus(config, show_progress=False)
+"""
+
+
+def test_a_process_killed_mid_upsert_is_resumed_by_the_next_run(make_rag_config, embedder, tiny_corpus: Path):
+    import json
+    import signal
+
+    config = make_rag_config()
+    build(config, embedder)
+    store.close_qdrant(config)  # release the local folder for the child
+    (tiny_corpus / "python/zen_of_python.txt").write_text("Changed Zen.\n\n" + "Errors should never pass silently. " * 40)
+    (tiny_corpus / "extra.txt").write_text("Extra document. " * 300)
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_CHILD, str(config.settings.state_dir), json.dumps(config.settings.rag)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    registry = store.VersionRegistry.load(config)
+    assert registry.versions[-1].status == "building"
+    resumed = build(config, embedder)
+    assert resumed.status == "resumed" and resumed.collection == registry.versions[-1].collection
+    assert_one_copy_per_chunk(config, resumed.collection)
+    ids = set(points(config, resumed.collection))
+    store.close_qdrant(config)
+    assert ids == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
+
+
 def test_a_crash_after_upserts_before_the_docstore_is_saved_resumes_cleanly(make_rag_config, embedder, tiny_corpus: Path, monkeypatch):
     config = make_rag_config()
     build(config, embedder)
