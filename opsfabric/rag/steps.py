@@ -160,7 +160,7 @@ def evaluate_and_gate(config: RagConfig, collection: str, embed_model: Any | Non
         if built_with is None:
             not_compared = f"live {live} is not in the registry {registry.path}: not compared"
         elif not store.query_compatible(built_with, config.index_config()):
-            not_compared = f"live {live} was built with another embedding model or tokenizer: scores not comparable, not compared"
+            not_compared = f"live {live} was built with another embedding model or pipeline version (tokenizer): scores not comparable, not compared"
         else:
             live_result = evaluate_collection(config, live, embed_model)
     decision = should_go_live(
