@@ -57,7 +57,7 @@ def stage_evaluate(settings) -> None:
     # Timings vary run to run and stay in MLflow; the DVC output holds what the index and config decide.
     steps.write_table_csv([{k: v for k, v in row.items() if k != "latency_ms"} for row in outcome.candidate.table()], settings.path(EVAL_TABLE))
     scores = {k: round(v, 6) for k, v in outcome.candidate.aggregates.items() if k not in {"latency_ms"}}
-    _write_json(settings.path(EVAL_METRICS), {**scores, "gate_approved": outcome.decision.approved, "compared_with_live": outcome.decision.live})
+    _write_json(settings.path(EVAL_METRICS), {**scores, "gate_approved": outcome.decision.approved, "compared_with_live": outcome.live.collection if outcome.live else None})
     print(json.dumps(outcome.summary(), indent=2, default=str))
 
 
