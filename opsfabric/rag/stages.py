@@ -20,7 +20,7 @@ INDEX_VERSION = Path("reports/rag/index_version.json")
 INGEST_METRICS = Path("metrics/rag_ingest.json")
 EVAL_TABLE = Path("reports/rag/eval_per_question.csv")
 EVAL_METRICS = Path("metrics/rag_eval.json")
-DVC_TAG = {"opsfabric.source": "dvc"}
+DVC_TAG = {"opsfabric.source": "dvc"}  # on the MLflow runs a DVC stage logs
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -40,7 +40,7 @@ def stage_ingest(settings) -> None:
 
     config = steps.rag_config(settings)
     report = steps.ingest_corpus(config)
-    steps.log_index_version(config, report, steps.rag_lineage(config, report.corpus_hash))
+    steps.log_index_version(config, report, steps.rag_lineage(config, report.corpus_hash), extra_tags=DVC_TAG)
     # Stable content only (no timings): the output changes iff the index version changes.
     _write_json(settings.path(INDEX_VERSION), {"collection": report.collection, "corpus_hash": report.corpus_hash, "config_hash": report.config_hash})
     _write_json(settings.path(INGEST_METRICS), {k: v for k, v in report.summary().items() if k != "seconds"})
@@ -53,7 +53,7 @@ def stage_evaluate(settings) -> None:
     config = steps.rag_config(settings)
     built = json.loads(settings.path(INDEX_VERSION).read_text())
     outcome = steps.evaluate_and_gate(config, built["collection"], apply=False)
-    steps.log_evaluation(config, outcome, steps.rag_lineage(config, built["corpus_hash"]), None)
+    steps.log_evaluation(config, outcome, steps.rag_lineage(config, built["corpus_hash"]), None, extra_tags=DVC_TAG)
     # Timings vary run to run and stay in MLflow; the DVC output holds what the index and config decide.
     steps.write_table_csv([{k: v for k, v in row.items() if k != "latency_ms"} for row in outcome.candidate.table()], settings.path(EVAL_TABLE))
     scores = {k: round(v, 6) for k, v in outcome.candidate.aggregates.items() if k not in {"latency_ms"}}

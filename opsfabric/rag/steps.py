@@ -68,14 +68,14 @@ def ingest_corpus(config: RagConfig, embed_model: Any | None = None, *, show_pro
     return report
 
 
-def log_index_version(config: RagConfig, report: IngestReport, lineage: Lineage) -> str | None:
+def log_index_version(config: RagConfig, report: IngestReport, lineage: Lineage, extra_tags: dict | None = None) -> str | None:
     """One MLflow run per built index version: corpus hash, chunking, BM25 and embedding settings, counts."""
     if report.status == "unchanged":
         return store.VersionRegistry.load(config).get(report.collection).mlflow_run_id
     client = tracking.mlflow_client(config.settings)
     run_id = tracking.start_run(
         config.settings, INDEX_EXPERIMENT, report.collection, lineage,
-        tags={"rag.collection": report.collection, "rag.corpus_hash": report.corpus_hash, "rag.config_hash": report.config_hash},
+        tags={"rag.collection": report.collection, "rag.corpus_hash": report.corpus_hash, "rag.config_hash": report.config_hash, **(extra_tags or {})},
     )
     try:
         index_config = config.index_config()
@@ -193,13 +193,13 @@ def _recorded_index_config(registry: store.VersionRegistry, collection: str) -> 
         return None
 
 
-def log_evaluation(config: RagConfig, outcome: GateOutcome, lineage: Lineage, index_run_id: str | None) -> str:
+def log_evaluation(config: RagConfig, outcome: GateOutcome, lineage: Lineage, index_run_id: str | None, extra_tags: dict | None = None) -> str:
     """An MLflow run in ``rag-eval`` (per-question table, aggregates, decision); scores also on the index run."""
     client = tracking.mlflow_client(config.settings)
     result = outcome.candidate
     run_id = tracking.start_run(
         config.settings, EVAL_EXPERIMENT, f"eval-{result.collection}", lineage,
-        tags={"rag.collection": result.collection, "rag.answer_method": result.answer_method, "rag.index_run_id": index_run_id or ""},
+        tags={"rag.collection": result.collection, "rag.answer_method": result.answer_method, "rag.index_run_id": index_run_id or "", **(extra_tags or {})},
     )
     try:
         params = {
