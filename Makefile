@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PREFECT_HOME ?= $(CURDIR)/$(STATE)/prefect
 
-.PHONY: install run test test-fast ui mlflow-ui deploy worker repro bench lock clean
+.PHONY: install run test test-fast ui mlflow-ui deploy worker repro bench lock clean ask index-status rollback
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,16 @@ worker: install ## a process worker for the `opsfabric` work pool
 
 repro: install ## the DVC pipeline (ML: generate → ... → monitor; RAG: rag_golden → rag_ingest → rag_evaluate)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+ask: install ## answer from the live RAG index: make ask Q="When was the PSF formed?"
+	@test -n "$(Q)" || { echo 'usage: make ask Q="your question"'; exit 2; }
+	$(PY) -m flows.rag_index ask "$(Q)"
+
+index-status: install ## RAG index versions, their scores, and where the live alias points
+	$(PY) -m flows.rag_index status
+
+rollback: install ## point the live RAG alias back at the previous live version (or TO=docs-v0002)
+	$(PY) -m flows.rag_index rollback $(if $(TO),--to $(TO))
 
 bench: install ## every benchmark; each prints its figures
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
