@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass
 
 INJECTION_PATTERNS: dict[str, str] = {
-    "override_instructions": r"\b(ignore|disregard|forget|override)\b[^.\n]{0,60}\b(previous|prior|above|earlier|all|your|system|the)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|directions|guidelines)\b"
+    "override_instructions": r"\b(ignore|disregard|forget|override)\b[^.\n]{0,60}\b(previous|prior|above|earlier|all|your|system)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|directions|guidelines)\b"
+    r"|\b(ignore|disregard|forget)\b (the|these|those) (instructions?|rules|prompts?|directions) (above|before|you were given)"
     r"|\b(ignore|disregard|forget)\b (everything|anything|all) (you were|you have been|you've been|above|before|said)",
     "role_change": r"\byou are now\b|\bact as (an? )?(unrestricted|different|new)\b|\b(developer|god|jailbreak|DAN) mode\b",
-    "prompt_exfiltration": r"\b(reveal|print|show|repeat|leak)\b[^.\n]{0,40}\b(system prompt|hidden instructions|instructions|prompt)\b",
-    "fake_role_tag": r"</?\s*(system|assistant|user|instructions?)\s*>|^\s*(system|assistant)\s*:|<\|im_(start|end)\|>|^\s*#{2,}\s*(instruction|system)\b|\[/?INST\]",
+    "prompt_exfiltration": r"\b(reveal|print|show|repeat|leak|output)\b[^.\n]{0,40}\b(system prompt|hidden (instructions|prompt|rules)|your (instructions|prompt|rules)|(initial|original) (instructions|prompt))\b",
+    "fake_role_tag": r"</?\s*(system|assistant|user|instructions?)\s*>|^\s*(system|assistant)\s*:|<\|im_(start|end)\|>|^\s*#{2,}\s*(instructions?|system)\s*(:|$)|\[/?INST\]",
     "answer_hijack": r"\b(answer|respond|reply) (to )?every question with\b|\bfrom now on\b[^.\n]{0,40}\b(answer|respond|reply|say)\b",
     "secrecy": r"\bdo not (mention|reveal|tell)\b[^.\n]{0,30}\b(this|these) (notice|instructions?|message)\b",
 }

@@ -139,14 +139,11 @@ def to_llama_document(doc: LoadedDocument) -> Any:
     return Document(id_=doc.doc_id, text=doc.text, metadata=metadata, excluded_embed_metadata_keys=list(metadata), excluded_llm_metadata_keys=list(metadata))
 
 
-def make_chunk_stamper(ingested_at: str, titles: dict[str, str]) -> Any:
-    from llama_index.core.schema import MetadataMode, TransformComponent
+def make_chunk_stamper(ingested_at: str) -> Any:
+    from llama_index.core.schema import TransformComponent
 
     class StampChunks(TransformComponent):
-        """Adds chunk index and ingestion time to each chunk's payload (not to its embedded text).
-
-        Also records each chunk's document title by chunk text, for the keyword encoder.
-        """
+        """Adds chunk index and ingestion time to each chunk's payload (not to its embedded text)."""
 
         def __call__(self, nodes: list, **kwargs: Any) -> list:
             counters: dict[str, int] = {}
@@ -158,7 +155,6 @@ def make_chunk_stamper(ingested_at: str, titles: dict[str, str]) -> Any:
                 keys = list(node.metadata)
                 node.excluded_embed_metadata_keys = keys
                 node.excluded_llm_metadata_keys = keys
-                titles[text_key(node.get_content(metadata_mode=MetadataMode.EMBED))] = node.metadata.get("title", "")
             return nodes
 
     return StampChunks()
@@ -217,6 +213,44 @@ def make_chunk_embedder(embed_model: Any, reusable: dict[str, list[float]], coun
     return EmbedNewChunks()
 
 
+def make_vector_store(config: RagConfig, client: Any, collection: str) -> Any:
+    """llama-index's ``QdrantVectorStore`` writing a dense and a BM25 sparse vector per chunk.
+
+    The sparse vectors come from our encoders (:mod:`opsfabric.rag.keyword`), so no sparse model
+    is downloaded, and they see each chunk's document title with its text (the dense vector sees
+    the text alone). The store hands the encoder only texts, batch by batch in node order, so the
+    titles of the nodes being written are queued alongside and checked against each text.
+    """
+    from collections import deque
+
+    from llama_index.core.schema import MetadataMode
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    pending: deque[tuple[str, str]] = deque()  # (embedded text, title) of the nodes being written
+    encode_chunks, encode_queries = keyword.sparse_encoders(**config.keyword_weights())
+
+    def encode_documents(texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
+        titled = []
+        for text in texts:
+            content, title = pending.popleft()
+            if content != text:
+                raise RuntimeError("the vector store encoded chunks out of node order: cannot attach document titles")
+            titled.append(f"{title} {text}")
+        return encode_chunks(titled)
+
+    class TitledQdrantVectorStore(QdrantVectorStore):
+        def _build_points(self, nodes: list, sparse_vector_name: str) -> Any:
+            pending.clear()
+            pending.extend((n.get_content(metadata_mode=MetadataMode.EMBED), n.metadata.get("title", "")) for n in nodes)
+            return super()._build_points(nodes, sparse_vector_name)
+
+    return TitledQdrantVectorStore(
+        collection_name=collection, client=client, batch_size=config.rag.embedding.batch_size,
+        enable_hybrid=True, dense_vector_name=store.DENSE_VECTOR, sparse_vector_name=store.SPARSE_VECTOR,
+        sparse_doc_fn=encode_documents, sparse_query_fn=encode_queries,
+    )
+
+
 def embedding_dimensions(config: RagConfig, embed_model: Any) -> int:
     if config.rag.embedding.dimensions:
         return config.rag.embedding.dimensions
@@ -246,7 +280,6 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
         show_progress: tqdm progress bars for chunking and embedding.
     """
     from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
-    from llama_index.vector_stores.qdrant import QdrantVectorStore
     from qdrant_client import models
 
     started = time.perf_counter()
@@ -302,18 +335,7 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
         client.delete(version.collection, models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=orphans))]), wait=True)
         log.warning("deleted chunks of %d document(s) left by an interrupted build: %s", len(orphans), orphans[:5])
 
-    titles: dict[str, str] = {}  # chunk text key -> document title (filled by the stamper)
-    encode_chunks, encode_queries = keyword.sparse_encoders(**config.keyword_weights())
-
-    def encode_documents(texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
-        # BM25 sees the document title with every chunk; the dense vector sees the chunk text only.
-        return encode_chunks([f"{titles.get(text_key(t), '')} {t}" for t in texts])
-
-    vector_store = QdrantVectorStore(
-        collection_name=version.collection, client=client, batch_size=config.rag.embedding.batch_size,
-        enable_hybrid=True, dense_vector_name=store.DENSE_VECTOR, sparse_vector_name=store.SPARSE_VECTOR,
-        sparse_doc_fn=encode_documents, sparse_query_fn=encode_queries,  # our BM25: no sparse model download
-    )
+    vector_store = make_vector_store(config, client, version.collection)
     documents = [to_llama_document(d) for d in corpus.documents]
     added = [d.id_ for d in documents if docstore.get_document_hash(d.id_) is None]
     changed = [d.id_ for d in documents if docstore.get_document_hash(d.id_) not in (None, d.hash)]
@@ -326,7 +348,7 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
     counts = {"embedded": 0, "reused": 0}
     reusable = reusable_vectors(client, version.collection, changed)
     pipeline = IngestionPipeline(
-        transformations=[make_splitter(config), make_chunk_stamper(_now(), titles), make_chunk_embedder(embed_model, reusable, counts)],
+        transformations=[make_splitter(config), make_chunk_stamper(_now()), make_chunk_embedder(embed_model, reusable, counts)],
         vector_store=vector_store,
         docstore=docstore,
         docstore_strategy=DocstoreStrategy.UPSERTS,

@@ -152,6 +152,7 @@ def evaluate_and_gate(config: RagConfig, collection: str, embed_model: Any | Non
     embed_model = embed_model or embedding_model(config)
     client = store.open_qdrant(config)
     registry = store.VersionRegistry.load(config)
+    store.check_servable(config, registry.get(collection), "evaluate and gate")
     live = store.reconcile_live(client, config, registry) if apply else store.live_collection(client, config.rag.store.alias)
     candidate = evaluate_collection(config, collection, embed_model)
     live_result, not_compared = None, None

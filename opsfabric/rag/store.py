@@ -303,10 +303,27 @@ def reconcile_live(client: Any, config: RagConfig, registry: VersionRegistry) ->
         for v in stale:
             v.status = "built"
         version.status = "live"
-        if not registry.live_history or registry.live_history[-1] != live:
+        if live in registry.live_history:  # a rollback to it was cut short: forget what came after it
+            registry.live_history = registry.live_history[: len(registry.live_history) - registry.live_history[::-1].index(live)]
+        else:  # a promotion was cut short
             registry.live_history.append(live)
         registry.save()
     return live
+
+
+def check_servable(config: RagConfig, version: IndexVersion, action: str) -> None:
+    """Raise unless ``version`` is a finished build that today's queries can search.
+
+    Raises:
+        IndexVersionError: naming the version, its status or the configuration it was built with.
+    """
+    if version.status not in {"built", "live", "rejected"}:
+        raise IndexVersionError(f"cannot {action} {version.collection!r}: its status is {version.status!r} (not a finished build)")
+    if not query_compatible(version.index_config, config.index_config()):
+        raise IndexVersionError(
+            f"cannot {action} {version.collection!r}: it was built with {_query_side(version.index_config)}, the current "
+            f"configuration queries with {_query_side(config.index_config())}; restore that configuration first"
+        )
 
 
 def _query_side(index_config: dict) -> str:
@@ -339,15 +356,9 @@ def rollback(client: Any, config: RagConfig, registry: VersionRegistry, to: str 
             raise IndexVersionError(f"alias {alias!r} has no earlier live version to roll back to ({registry.path})")
         to = earlier[-1]
     target = registry.get(to)
-    if target.status not in {"built", "live", "rejected"}:
-        raise IndexVersionError(f"cannot roll back alias {alias!r} to {to!r}: its status is {target.status!r} (not a finished build)")
+    check_servable(config, target, f"roll back alias {alias!r} to")
     if not client.collection_exists(to):
         raise IndexVersionError(f"cannot roll back alias {alias!r} to {to!r}: the collection was deleted")
-    if not query_compatible(target.index_config, config.index_config()):
-        raise IndexVersionError(
-            f"cannot roll back alias {alias!r} to {to!r}: it was built with {_query_side(target.index_config)}, the current "
-            f"configuration queries with {_query_side(config.index_config())}; restore that configuration first"
-        )
     point_alias(client, alias, to)
     if current:
         try:

@@ -110,6 +110,32 @@ def test_an_edited_document_re_embeds_only_chunks_whose_text_changed(make_rag_co
         assert np.allclose(reused[pid], vector, atol=1e-5), pid
 
 
+def test_each_chunk_keyword_vector_carries_its_own_document_title(make_rag_config, embedder, tmp_path: Path):
+    from opsfabric.rag.keyword import term_index
+
+    corpus = tmp_path / "shared"
+    corpus.mkdir()
+    body = "\n\n".join(f"Paragraph {i} of a licence text that both documents share word for word." for i in range(30))
+    (corpus / "a.md").write_text(f"# Alpha Zebra\n\n{body}\n")
+    (corpus / "b.md").write_text(f"# Beta Quokka\n\n{body}\n")
+    config = make_rag_config(corpus={"path": str(corpus)})
+    report = build(config, embedder)
+    client = store.open_qdrant(config)
+    zebra, quokka = term_index("zebra"), term_index("quokka")
+    seen = {"a.md": 0, "b.md": 0}
+    offset = None
+    while True:
+        batch, offset = client.scroll(report.collection, limit=256, offset=offset, with_payload=True, with_vectors=True)
+        for point in batch:
+            indices = set(point.vector[store.SPARSE_VECTOR].indices)
+            own, other = (zebra, quokka) if point.payload["doc_id"] == "a.md" else (quokka, zebra)
+            assert own in indices and other not in indices, point.payload["doc_id"]
+            seen[point.payload["doc_id"]] += 1
+        if offset is None:
+            break
+    assert min(seen.values()) >= 2  # several chunks of identical text in each document
+
+
 def test_a_crash_during_upserts_resumes_to_exactly_one_copy(make_rag_config, embedder, tiny_corpus: Path, monkeypatch):
     config = make_rag_config()
     v1 = build(config, embedder)

@@ -54,7 +54,32 @@ def test_registry_follows_the_alias_and_rollback_refuses_unusable_versions(make_
         steps.rollback_index(config, to="docs-v0099")
     with pytest.raises(IndexVersionError, match=r"built with pipeline_version=.*another-model.*restore that configuration first"):
         steps.rollback_index(config, to=v2.collection)
+    # ... and so must a version the gate is asked to put live
+    with pytest.raises(IndexVersionError, match=r"cannot evaluate and gate 'docs-v0099': its status is 'building'"):
+        steps.evaluate_and_gate(config, "docs-v0099", embedder)
+    with pytest.raises(IndexVersionError, match=r"cannot evaluate and gate 'docs-v0002'.*restore that configuration first"):
+        steps.evaluate_and_gate(config, v2.collection, embedder)
     assert store.live_collection(client, "docs-live") == v1.collection
+
+
+@pytest.mark.flows
+def test_a_rollback_cut_short_is_finished_not_reversed(make_rag_config, embedder, tiny_corpus: Path):
+    config = make_rag_config()
+    v1 = steps.ingest_corpus(config, embedder, show_progress=False)
+    steps.evaluate_and_gate(config, v1.collection, embedder)
+    (tiny_corpus / "extra.md").write_text("# Extra\n\nA short page about index rotation windows.\n")
+    v2 = steps.ingest_corpus(config, embedder, show_progress=False)
+    assert steps.evaluate_and_gate(config, v2.collection, embedder).promoted
+    assert store.VersionRegistry.load(config).live_history == [v1.collection, v2.collection]
+    # the rollback to v1 moved the alias, then the process died before the registry was saved
+    store.point_alias(store.open_qdrant(config), config.rag.store.alias, v1.collection)
+    status = steps.index_status(config)
+    assert status["live"] == v1.collection
+    # the next rollback must not bring the rolled-back v2 back: there is nothing before v1
+    with pytest.raises(IndexVersionError, match="no earlier live version"):
+        steps.rollback_index(config)
+    registry = store.VersionRegistry.load(config)
+    assert registry.live_history == [v1.collection] and registry.get(v2.collection).status == "built"
 
 
 @pytest.mark.unit
