@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from opsfabric.runtime_env import configure_runtime_env
+from opsfabric.stage_outputs import write_json
 
 MODEL_DIR = Path("models/model")
 VALIDATION_DIR = Path("reports/validation")
@@ -27,11 +28,6 @@ DRIFT_METRICS = Path("metrics/drift.json")
 ROC_PLOT = Path("plots/roc.csv")
 BATCH_PLOT = Path("plots/batch_performance.csv")
 DVC_EXPERIMENT_TAG = {"opsfabric.source": "dvc"}
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def stage_generate(settings) -> None:
@@ -75,7 +71,7 @@ def stage_train(settings) -> None:
     mlflow.sklearn.save_model(
         model, str(model_dir), serialization_format="cloudpickle", pip_requirements=tracking.model_requirements()
     )
-    _write_json(settings.path(TRAIN_METRICS), {**candidate.metrics, "n_train": candidate.n_train, "n_eval": candidate.n_eval})
+    write_json(settings.path(TRAIN_METRICS), {**candidate.metrics, "n_train": candidate.n_train, "n_eval": candidate.n_eval})
     print(f"trained: {candidate.metrics} (MLflow run {candidate.run_id})")
 
 
@@ -101,7 +97,7 @@ def stage_evaluate(settings) -> None:
     settings.path(ROC_PLOT).parent.mkdir(parents=True, exist_ok=True)
     roc.to_csv(settings.path(ROC_PLOT), index=False)
     pd.DataFrame(rows).round(5).to_csv(settings.path(BATCH_PLOT), index=False)
-    _write_json(settings.path(EVALUATE_METRICS), {r["batch"]: {k: v for k, v in r.items() if k != "batch"} for r in rows})
+    write_json(settings.path(EVALUATE_METRICS), {r["batch"]: {k: v for k, v in r.items() if k != "batch"} for r in rows})
 
 
 def stage_monitor(settings) -> None:
@@ -130,7 +126,7 @@ def stage_monitor(settings) -> None:
             "retrain": outcome.decision.approved,
         }
         print(f"{name}: retrain={outcome.decision.approved}; {'; '.join(outcome.decision.reasons)}")
-    _write_json(settings.path(DRIFT_METRICS), verdicts)
+    write_json(settings.path(DRIFT_METRICS), verdicts)
 
 
 STAGES = {

@@ -76,6 +76,11 @@ def _flags(chunks: list[Chunk]) -> dict[str, list]:
     return {c.chunk_id: detect_injection(c.text) for c in chunks}
 
 
+def _flagged_citations(chunks: list[Chunk], flags: dict[str, list]) -> list[dict]:
+    """Citations of the chunks the injection detector flagged, with the rules that fired."""
+    return [{**c.citation(), "rules": [f.rule for f in flags[c.chunk_id]]} for c in chunks if flags[c.chunk_id]]
+
+
 class ExtractiveAnswerer:
     """Deterministic offline answerer: picks retrieved sentences, never generates text.
 
@@ -130,7 +135,7 @@ class ExtractiveAnswerer:
             method=self.method,
             citations=[chunks[ci].citation() for ci in cited],
             contexts=[c.text for c in chunks],
-            flagged_chunks=[{**chunks[i].citation(), "rules": [f.rule for f in flags[c.chunk_id]]} for i, c in enumerate(chunks) if flags[c.chunk_id]],
+            flagged_chunks=_flagged_citations(chunks, flags),
             note=EXTRACTIVE_NOTE,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
@@ -207,7 +212,7 @@ class LLMAnswerer:
             method=self.method,
             citations=[chunks[n - 1].citation() for n in cited],
             contexts=[c.text for c in chunks],
-            flagged_chunks=[{**c.citation(), "rules": [f.rule for f in flags[c.chunk_id]]} for c in chunks if flags[c.chunk_id]],
+            flagged_chunks=_flagged_citations(chunks, flags),
             model=self.llm.model,
             prompt_version=f"{self.template.name}.v{self.template.version}",
             prompt_hash=self.template.sha256,

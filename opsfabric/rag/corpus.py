@@ -95,9 +95,9 @@ def load_document(path: Path, corpus_dir: Path, *, max_bytes: int, cache_dir: Pa
             undecodable, unreadable PDF or no text after cleaning. The message names the file.
     """
     corpus_dir = corpus_dir.resolve()
-    rel = path.relative_to(corpus_dir).as_posix() if path.is_absolute() and _is_under(path, corpus_dir) else str(path)
+    rel = path.relative_to(corpus_dir).as_posix() if path.is_absolute() and path.is_relative_to(corpus_dir) else str(path)
     resolved = path.resolve()
-    if not _is_under(resolved, corpus_dir):
+    if not resolved.is_relative_to(corpus_dir):
         raise BadDocumentError(rel, f"symlink points outside the corpus folder {corpus_dir} (to {resolved})")
     suffix = path.suffix.lower()
     kind = TEXT_FORMATS.get(suffix) or PDF_FORMATS.get(suffix)
@@ -174,15 +174,8 @@ def load_corpus(corpus_dir: Path, include: list[str], exclude: list[str], *, max
     return corpus
 
 
-def _is_under(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
 # ---- cleaning -------------------------------------------------------------------------------
+_RULE_LINES = re.compile(r"^\s*([=\-~^*#`'\"]{3,})\s*$", re.M)  # rst underlines and other rule lines
 _WS = re.compile(r"[ \t\f\v\u00a0]+")
 # Control and format characters (Unicode categories Cc, Cf) except tab and newline.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\ufff9-\ufffb]")
@@ -219,7 +212,7 @@ def _clean_markdown(text: str) -> tuple[str, str]:
 
 def _clean_text(text: str) -> tuple[str, str]:
     title = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    text = re.sub(r"^\s*([=\-~^*#`'\"]{3,})\s*$", "", text, flags=re.M)  # rst underlines
+    text = _RULE_LINES.sub("", text)
     return title[:200], text
 
 
@@ -254,4 +247,4 @@ def _pdf_text(raw: bytes, rel: str) -> tuple[str, str]:
         title = str((reader.metadata or {}).get("/Title") or "")
     except (PdfReadError, ValueError, KeyError, TypeError) as exc:
         raise BadDocumentError(rel, f"not a readable PDF: {exc}") from exc
-    return title, re.sub(r"^\s*([=\-~^*#`'\"]{3,})\s*$", "", "\n\n".join(pages), flags=re.M)
+    return title, _RULE_LINES.sub("", "\n\n".join(pages))

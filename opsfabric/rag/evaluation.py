@@ -41,6 +41,11 @@ def is_relevant(chunk_text: str, chunk_doc: str, item: GoldenItem, min_overlap: 
     return match.size >= min_overlap * len(passage)
 
 
+def reference_chunks(chunks: list[Chunk], golden: list[GoldenItem]) -> dict[str, list[str]]:
+    """Per golden item, the texts of the collection's chunks that hold its passage."""
+    return {item.id: [c.text for c in chunks if is_relevant(c.text, c.doc_id, item)] for item in golden}
+
+
 def retrieval_scores(relevance: list[bool], n_relevant: int, ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
     """hit@k, MRR and nDCG@max(k) of one ranked list (binary relevance)."""
     scores = {f"hit_at_{k}": float(any(relevance[:k])) for k in ks}
@@ -161,9 +166,7 @@ def evaluate_version(
     import time
 
     k = max(RETRIEVAL_KS + (config.rag.retrieval.top_k,))
-    chunks = all_chunks(retriever.client, retriever.collection)
-    reference_chunks = {item.id: [c.text for c in chunks if is_relevant(c.text, c.doc_id, item)] for item in golden}
-    relevant_count = {key: len(chunks) for key, chunks in reference_chunks.items()}
+    references = reference_chunks(all_chunks(retriever.client, retriever.collection), golden)
     rows = []
     for item in golden:
         started = time.perf_counter()
@@ -182,9 +185,9 @@ def evaluate_version(
             "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": answer.completion_tokens,
             "cost_usd": answer.cost_usd,
-            "n_relevant_chunks": relevant_count[item.id],
-            **retrieval_scores(relevance, max(relevant_count[item.id], 1)),
-            **ragas_scores(item, answer, answer.contexts, reference_chunks[item.id]),
+            "n_relevant_chunks": len(references[item.id]),
+            **retrieval_scores(relevance, max(len(references[item.id]), 1)),
+            **ragas_scores(item, answer, answer.contexts, references[item.id]),
         }
         rows.append(row)
     judge = config.rag.llm.configured and config.rag.llm.judge
@@ -277,9 +280,8 @@ def should_go_live(
 
 def evaluate_retrieval(retriever: Retriever, golden: list[GoldenItem], mode: str, ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
     """Mean hit@k, MRR and nDCG of one retrieval mode (no answering): benchmarks and quality floors."""
-    rows, chunks = [], all_chunks(retriever.client, retriever.collection)
+    rows, references = [], reference_chunks(all_chunks(retriever.client, retriever.collection), golden)
     for item in golden:
-        n_relevant = sum(is_relevant(c.text, c.doc_id, item) for c in chunks)
         hits = retriever.search(item.question, k=max(ks), mode=mode)
-        rows.append(retrieval_scores([is_relevant(h.text, h.doc_id, item) for h in hits], max(n_relevant, 1), ks))
+        rows.append(retrieval_scores([is_relevant(h.text, h.doc_id, item) for h in hits], max(len(references[item.id]), 1), ks))
     return {name: _mean([row[name] for row in rows]) for name in rows[0]} if rows else {}

@@ -18,7 +18,6 @@ Versioning and incrementality (see docs/rag.md):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -177,16 +176,12 @@ def reusable_vectors(client: Any, collection: str, doc_ids: list[str]) -> dict[s
         return {}
     found: dict[str, list[float]] = {}
     match = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=doc_ids))])
-    offset = None
-    while True:
-        points, offset = client.scroll(collection, scroll_filter=match, limit=512, offset=offset, with_payload=True, with_vectors=True)
-        for point in points:
-            text = json.loads((point.payload or {}).get("_node_content") or "{}").get("text")
-            vector = (point.vector or {}).get(store.DENSE_VECTOR) if isinstance(point.vector, dict) else None
-            if text is not None and vector is not None:
-                found[text_key(text)] = vector
-        if offset is None:
-            return found
+    for point in store.iter_points(client, collection, with_vectors=True, scroll_filter=match):
+        text = store.chunk_text(point.payload or {})
+        vector = point.vector.get(store.DENSE_VECTOR) if isinstance(point.vector, dict) else None
+        if text is not None and vector is not None:
+            found[text_key(text)] = vector
+    return found
 
 
 def make_chunk_embedder(embed_model: Any, reusable: dict[str, list[float]], counts: dict[str, int]) -> Any:

@@ -8,7 +8,6 @@ the two ranked lists with weighted reciprocal rank fusion: ``score = Σ_lists we
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ class Chunk:
 
 
 def chunk_from_payload(point_id: str, payload: dict, score: float = 0.0) -> Chunk:
-    text = json.loads(payload.get("_node_content") or "{}").get("text", "")
+    text = store.chunk_text(payload) or ""
     return Chunk(str(point_id), payload.get("doc_id", ""), payload.get("title", ""), int(payload.get("chunk_index", 0)), text, score)
 
 

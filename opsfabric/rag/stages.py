@@ -15,17 +15,13 @@ import sys
 from pathlib import Path
 
 from opsfabric.runtime_env import configure_runtime_env
+from opsfabric.stage_outputs import write_json
 
 INDEX_VERSION = Path("reports/rag/index_version.json")
 INGEST_METRICS = Path("metrics/rag_ingest.json")
 EVAL_TABLE = Path("reports/rag/eval_per_question.csv")
 EVAL_METRICS = Path("metrics/rag_eval.json")
 DVC_TAG = {"opsfabric.source": "dvc"}  # on the MLflow runs a DVC stage logs
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def stage_golden(settings) -> None:
@@ -42,8 +38,8 @@ def stage_ingest(settings) -> None:
     report = steps.ingest_corpus(config)
     steps.log_index_version(config, report, steps.rag_lineage(config, report.corpus_hash), extra_tags=DVC_TAG)
     # Stable content only (no timings): the output changes iff the index version changes.
-    _write_json(settings.path(INDEX_VERSION), {"collection": report.collection, "corpus_hash": report.corpus_hash, "config_hash": report.config_hash})
-    _write_json(settings.path(INGEST_METRICS), {k: v for k, v in report.summary().items() if k != "seconds"})
+    write_json(settings.path(INDEX_VERSION), {"collection": report.collection, "corpus_hash": report.corpus_hash, "config_hash": report.config_hash})
+    write_json(settings.path(INGEST_METRICS), {k: v for k, v in report.summary().items() if k != "seconds"})
     print(json.dumps(report.summary(), indent=2))
 
 
@@ -57,7 +53,7 @@ def stage_evaluate(settings) -> None:
     # Timings vary run to run and stay in MLflow; the DVC output holds what the index and config decide.
     steps.write_table_csv([{k: v for k, v in row.items() if k != "latency_ms"} for row in outcome.candidate.table()], settings.path(EVAL_TABLE))
     scores = {k: round(v, 6) for k, v in outcome.candidate.aggregates.items() if k not in {"latency_ms"}}
-    _write_json(settings.path(EVAL_METRICS), {**scores, "gate_approved": outcome.decision.approved, "compared_with_live": outcome.live.collection if outcome.live else None})
+    write_json(settings.path(EVAL_METRICS), {**scores, "gate_approved": outcome.decision.approved, "compared_with_live": outcome.live.collection if outcome.live else None})
     print(json.dumps(outcome.summary(), indent=2, default=str))
 
 

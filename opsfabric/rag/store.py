@@ -22,7 +22,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from opsfabric.rag.errors import IndexLockedError, IndexVersionError
 from opsfabric.rag.settings import RagConfig
@@ -151,28 +151,44 @@ def point_alias(client: Any, alias: str, collection: str) -> None:
     client.update_collection_aliases(change_aliases_operations=actions)
 
 
-def copy_points(client: Any, source: str, target: str, *, batch: int = 512) -> int:
+def point_batches(client: Any, collection: str, *, with_vectors: bool = False, scroll_filter: Any = None, batch: int = 512) -> Iterator[list]:
+    """Every point of ``collection`` (matching ``scroll_filter``), with its payload, a batch at a time."""
+    offset = None
+    while True:
+        points, offset = client.scroll(
+            collection, scroll_filter=scroll_filter, limit=batch, offset=offset, with_payload=True, with_vectors=with_vectors
+        )
+        if points:
+            yield points
+        if offset is None:
+            return
+
+
+def iter_points(client: Any, collection: str, **kwargs: Any) -> Iterator[Any]:
+    """Every point of ``collection``, one at a time (keyword arguments as :func:`point_batches`)."""
+    for points in point_batches(client, collection, **kwargs):
+        yield from points
+
+
+def copy_points(client: Any, source: str, target: str) -> int:
     """Copy every point (vector and payload, same ids) from ``source`` to ``target``; idempotent."""
     from qdrant_client import models
 
-    copied, offset = 0, None
-    while True:
-        points, offset = client.scroll(source, limit=batch, offset=offset, with_payload=True, with_vectors=True)
-        if points:
-            client.upsert(target, [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points], wait=True)
-            copied += len(points)
-        if offset is None:
-            return copied
+    copied = 0
+    for points in point_batches(client, source, with_vectors=True):
+        client.upsert(target, [models.PointStruct(id=p.id, vector=p.vector, payload=p.payload) for p in points], wait=True)
+        copied += len(points)
+    return copied
 
 
-def scroll_payloads(client: Any, collection: str, *, batch: int = 1024) -> list[tuple[str, dict]]:
+def scroll_payloads(client: Any, collection: str) -> list[tuple[str, dict]]:
     """Every point's (id, payload) in the collection."""
-    out, offset = [], None
-    while True:
-        points, offset = client.scroll(collection, limit=batch, offset=offset, with_payload=True, with_vectors=False)
-        out.extend((str(p.id), p.payload or {}) for p in points)
-        if offset is None:
-            return out
+    return [(str(p.id), p.payload or {}) for p in iter_points(client, collection, batch=1024)]
+
+
+def chunk_text(payload: dict) -> str | None:
+    """The chunk text llama-index stored in a point's payload (``_node_content``), or None."""
+    return json.loads(payload.get("_node_content") or "{}").get("text")
 
 
 # ---- version registry ---------------------------------------------------------------------------

@@ -33,6 +33,16 @@ def assert_one_copy_per_chunk(config, collection: str) -> None:
     assert store.open_qdrant(config).count(collection, exact=True).count == len(found)
 
 
+def assert_resumes_to_a_fresh_build(config, embedder, make_rag_config, interrupted: str) -> None:
+    """The next build resumes ``interrupted`` and ends with one copy of every chunk, as a fresh build would."""
+    resumed = build(config, embedder)
+    assert resumed.status == "resumed" and resumed.collection == interrupted
+    assert_one_copy_per_chunk(config, resumed.collection)
+    ids = set(points(config, resumed.collection))
+    store.close_qdrant(config)
+    assert ids == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
+
+
 def fresh_build_ids(make_rag_config, embedder, state: str) -> dict:
     """Point ids of a from-scratch build of the current corpus in a separate state folder."""
     config = make_rag_config(state)
@@ -77,13 +87,7 @@ def test_add_change_delete_builds_a_new_version_equal_to_a_fresh_build(make_rag_
 
 def vectors(config, collection: str) -> dict[str, list[float]]:
     """point id -> dense vector of every point in the collection."""
-    client = store.open_qdrant(config)
-    out, offset = {}, None
-    while True:
-        batch, offset = client.scroll(collection, limit=512, offset=offset, with_vectors=True)
-        out.update({str(p.id): p.vector[store.DENSE_VECTOR] for p in batch})
-        if offset is None:
-            return out
+    return {str(p.id): p.vector[store.DENSE_VECTOR] for p in store.iter_points(store.open_qdrant(config), collection, with_vectors=True)}
 
 
 def test_an_edited_document_re_embeds_only_chunks_whose_text_changed(make_rag_config, embedder, tiny_corpus: Path):
@@ -123,16 +127,11 @@ def test_each_chunk_keyword_vector_carries_its_own_document_title(make_rag_confi
     client = store.open_qdrant(config)
     zebra, quokka = term_index("zebra"), term_index("quokka")
     seen = {"a.md": 0, "b.md": 0}
-    offset = None
-    while True:
-        batch, offset = client.scroll(report.collection, limit=256, offset=offset, with_payload=True, with_vectors=True)
-        for point in batch:
-            indices = set(point.vector[store.SPARSE_VECTOR].indices)
-            own, other = (zebra, quokka) if point.payload["doc_id"] == "a.md" else (quokka, zebra)
-            assert own in indices and other not in indices, point.payload["doc_id"]
-            seen[point.payload["doc_id"]] += 1
-        if offset is None:
-            break
+    for point in store.iter_points(client, report.collection, with_vectors=True):
+        indices = set(point.vector[store.SPARSE_VECTOR].indices)
+        own, other = (zebra, quokka) if point.payload["doc_id"] == "a.md" else (quokka, zebra)
+        assert own in indices and other not in indices, point.payload["doc_id"]
+        seen[point.payload["doc_id"]] += 1
     assert min(seen.values()) >= 2  # several chunks of identical text in each document
 
 
@@ -157,12 +156,7 @@ def test_a_crash_during_upserts_resumes_to_exactly_one_copy(make_rag_config, emb
     assert registry.versions[-1].status == "building"
     # the document half-written by the crash changes again before the resume: its stale chunks must go
     (tiny_corpus / "extra.txt").write_text("Extra document, second edit. " * 200)
-    resumed = build(config, embedder)
-    assert resumed.status == "resumed" and resumed.collection == registry.versions[-1].collection
-    assert_one_copy_per_chunk(config, resumed.collection)
-    ids = set(points(config, resumed.collection))
-    store.close_qdrant(config)
-    assert ids == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
+    assert_resumes_to_a_fresh_build(config, embedder, make_rag_config, registry.versions[-1].collection)
 
 
 _KILLED_CHILD = """
@@ -202,12 +196,7 @@ def test_a_process_killed_mid_upsert_is_resumed_by_the_next_run(make_rag_config,
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     registry = store.VersionRegistry.load(config)
     assert registry.versions[-1].status == "building"
-    resumed = build(config, embedder)
-    assert resumed.status == "resumed" and resumed.collection == registry.versions[-1].collection
-    assert_one_copy_per_chunk(config, resumed.collection)
-    ids = set(points(config, resumed.collection))
-    store.close_qdrant(config)
-    assert ids == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
+    assert_resumes_to_a_fresh_build(config, embedder, make_rag_config, registry.versions[-1].collection)
 
 
 def test_a_crash_after_upserts_before_the_docstore_is_saved_resumes_cleanly(make_rag_config, embedder, tiny_corpus: Path, monkeypatch):
