@@ -8,6 +8,7 @@ from prefect import flow
 
 from flows.ml_pipeline import ml_pipeline_flow
 from flows.rag_pipeline import rag_pipeline_flow
+from opsfabric.settings import load_settings
 
 
 @flow(name="opsfabric-platform", log_prints=True)
@@ -20,5 +21,13 @@ def platform_flow(config_files: list[str] | None = None) -> dict:
     return {"ml": ml, "rag": rag}
 
 
-if __name__ == "__main__":
+def main(args: list[str]) -> None:
+    """``python -m flows.platform [--config FILE]``: the whole platform once (what ``make run`` runs)."""
+    load_settings()  # a configuration error fails here, named, before Prefect starts a server
     print(json.dumps(platform_flow(), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    from opsfabric.cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -6,19 +6,46 @@ from pathlib import Path
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from opsfabric.settings import Settings, load_settings
+from opsfabric.errors import ConfigError
+from opsfabric.settings import OrchestrationSettings, Settings, load_settings
+
+# What decides the task runner; fixed when the flow process starts.
+RUNNER_KEYS = ("task_runner", "dask_address", "dask_n_workers", "max_workers")
 
 
 def flow_settings(config_files: list[str] | None) -> Settings:
-    """Settings for a flow run: the repo's configs, ``OPSFABRIC_CONFIG``, env, plus ``config_files``."""
-    return load_settings(*(config_files or []))
+    """Settings for a flow run: the repo's configs, ``OPSFABRIC_CONFIG``, env, plus ``config_files``.
+
+    Raises:
+        ConfigError: ``config_files`` asks for another task runner than the one this process runs
+            flows with (it is chosen when the process starts, from ``OPSFABRIC_CONFIG`` and the
+            environment), instead of silently running on the other one.
+    """
+    settings = load_settings(*(config_files or []))
+    if config_files:
+        check_task_runner(settings.orchestration, load_settings().orchestration, config_files)
+    return settings
+
+
+def check_task_runner(wanted: OrchestrationSettings, running: OrchestrationSettings, config_files: list[str]) -> None:
+    """Raise ConfigError if ``wanted`` needs another task runner than the ``running`` process has."""
+    differs = {k: (getattr(running, k), getattr(wanted, k)) for k in RUNNER_KEYS if getattr(running, k) != getattr(wanted, k)}
+    if differs:
+        changes = ", ".join(f"orchestration.{k}: {old!r} -> {new!r}" for k, (old, new) in differs.items())
+        raise ConfigError(
+            f"config_files {config_files} change the task runner ({changes}), which is chosen when the flow process starts",
+            hint="set it in OPSFABRIC_CONFIG or OPSFABRIC_ORCHESTRATION__* for the process (a worker's or "
+            "deployment's environment), or pass the file with --config to python -m flows.<name>",
+        )
 
 
 def configured_task_runner():
     """The task runner the configuration asks for: threads (default) or Dask (local cluster or address).
 
     Read when a flow module is imported, so ``OPSFABRIC_ORCHESTRATION__TASK_RUNNER=dask`` or a
-    profile in ``OPSFABRIC_CONFIG`` switches every flow without code changes.
+    profile in ``OPSFABRIC_CONFIG`` switches every flow without code changes. Command lines that
+    take ``--config`` files put them in ``OPSFABRIC_CONFIG`` before importing a flow
+    (``opsfabric.cli``), so those files choose the runner too.
     """
     orchestration = load_settings().orchestration
     if orchestration.task_runner == "dask":

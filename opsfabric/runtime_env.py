@@ -29,6 +29,9 @@ OFFLINE_AND_QUIET = {
     "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
     # MLflow: model registry on a file/SQLite store needs no confirmation prompts.
     "GIT_PYTHON_REFRESH": "quiet",
+    # The ephemeral API of `make run` creates its SQLite database on first start: on a busy 2-core
+    # machine that took longer than Prefect's default 20 s and failed the first run by luck.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
 

@@ -18,11 +18,15 @@ from __future__ import annotations
 import contextvars
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from opsfabric.agents.settings import AgentsSettings
+from opsfabric.errors import ConfigError
+from opsfabric.rag.settings import RagSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG_FILES = ("configs/base.yaml", "params.yaml")
@@ -52,15 +56,42 @@ class TrackingSettings(Section):
     experiment_prefix: str = "opsfabric"
 
 
+class FileLockSettings(Section):
+    """A kernel file lock under ``<state_dir>/locks``: every process of one machine (the embedded default)."""
+
+    kind: Literal["file"] = "file"
+    timeout_seconds: float = Field(default=300.0, gt=0, description="Wait at most this long for another holder.")
+
+
+class PrefectLockSettings(Section):
+    """A Prefect global concurrency limit of one slot: every machine that shares one Prefect server."""
+
+    kind: Literal["prefect"] = "prefect"
+    timeout_seconds: float = Field(default=300.0, gt=0, description="Wait at most this long for another holder.")
+    prefect_limit_prefix: str = Field(default="opsfabric", description="Limits are named <prefix>-<resource>.")
+    lease_seconds: float = Field(
+        default=60.0, ge=30, description="Prefect renews the slot's lease while the holder lives; a dead holder's expires after this."
+    )
+
+
+LockSettings = Annotated[Union[FileLockSettings, PrefectLockSettings], Field(discriminator="kind")]
+
+
 class OrchestrationSettings(Section):
-    """How Prefect runs the flows."""
+    """How Prefect runs the flows.
+
+    The task runner is fixed when a flow process starts (``OPSFABRIC_CONFIG``, environment, or the
+    ``--config`` of ``python -m flows.<name>``): a ``config_files`` parameter that asks for another
+    one is refused by ``flows.runners.flow_settings`` rather than silently ignored.
+    """
 
     task_runner: Literal["threads", "dask"] = "threads"
     dask_address: str | None = Field(default=None, description="Existing Dask scheduler; None: a local cluster.")
     dask_n_workers: int = 2
     max_workers: int = 4
-    task_retries: int = 2
-    task_retry_delay_seconds: float = 2.0
+    task_retries: int = Field(default=2, ge=0, description="Retries of the tasks that are safe to retry (registry, loading).")
+    task_retry_delay_seconds: float = Field(default=2.0, ge=0)
+    lock: LockSettings = Field(default_factory=FileLockSettings, description="Guards every alias move and registry write.")
     retrain_deployment: str | None = Field(
         default=None,
         description="Run retraining as this deployment ('flow-name/deployment-name') instead of a subflow.",
@@ -75,6 +106,11 @@ class DatasetSettings(Section):
     """
 
     name: str = "churn"
+    data_dir: str = Field(
+        default="data/raw/churn",
+        description="Folder holding the reference and batch files: what the DVC stages track (dvc.yaml reads "
+        "this key from configs/base.yaml).",
+    )
     reference: str = "data/raw/churn/reference.parquet"
     batches: list[str] = Field(default_factory=list)
     target: str = "churned"
@@ -92,6 +128,14 @@ class DatasetSettings(Section):
     generator: Literal["churn", "sklearn_breast_cancer", "none"] = Field(
         default="churn", description="Which generator writes the files, if any ('none': files already exist)."
     )
+
+    @model_validator(mode="after")
+    def _files_inside_data_dir(self) -> "DatasetSettings":
+        root = Path(self.data_dir)
+        outside = [f for f in [self.reference, *self.batches] if not Path(f).is_relative_to(root)]
+        if outside:
+            raise ValueError(f"files {outside} are not inside dataset.data_dir {self.data_dir!r} (the folder DVC tracks)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,6 +164,9 @@ class TrainParams(Section):
     seed: int = 7
     test_size: float = Field(default=0.25, gt=0, lt=1)
     model: ModelParams = Field(default_factory=ModelParams)
+    decision_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="Churn probability at or above which a row is labelled positive; recorded with the model."
+    )
 
 
 class GateParams(Section):
@@ -176,10 +223,8 @@ class Settings(BaseSettings):
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     ml: MLParams = Field(default_factory=MLParams)
-    # Sections owned by the LLM and agent pipelines; kept as free mappings here and validated by
-    # their own models (opsfabric.rag.settings) so this module stays import-light.
-    rag: dict[str, Any] = Field(default_factory=dict)
-    agents: dict[str, Any] = Field(default_factory=dict)
+    rag: RagSettings = Field(default_factory=RagSettings)
+    agents: AgentsSettings = Field(default_factory=AgentsSettings)
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> "Settings":
@@ -211,10 +256,6 @@ class Settings(BaseSettings):
         return self.state_dir / "mlflow"
 
     @property
-    def prefect_home(self) -> Path:
-        return self.state_dir / "prefect"
-
-    @property
     def tracking_uri(self) -> str:
         return self.tracking.uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
@@ -230,10 +271,6 @@ class Settings(BaseSettings):
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-class ConfigError(ValueError):
-    """A configuration file is missing or malformed."""
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -295,15 +332,57 @@ def load_settings(*extra_files: str | Path, root: Path = PROJECT_ROOT, **overrid
         **overrides: top-level fields to set (nested dicts merge over the YAML values).
 
     Raises:
-        ConfigError: a file is missing or malformed.
-        pydantic.ValidationError: a key is unknown or a value has the wrong type (the key is named).
+        ConfigError: a file is missing or malformed, or a key is unknown or has a bad value; the
+            message names every such key (``rag.chunking.chunk_sise``) and where it was set (the
+            file, the environment variable, or the caller).
     """
-    token = _CONFIG_FILES.set(config_files(list(extra_files), root))
+    files = config_files(list(extra_files), root)
+    token = _CONFIG_FILES.set(files)
     try:
         yaml_values = _YamlDefaults(Settings)()
         # Overrides merge over YAML for nested sections so a test can set one key of a section.
         init = {k: merge_config(yaml_values.get(k, {}), v) if isinstance(v, dict) else v for k, v in overrides.items()}
         init.setdefault("project_root", root)
-        return Settings(**init)
+        try:
+            return Settings(**init)
+        except ValidationError as exc:
+            problems = [_describe_error(err, files, overrides) for err in exc.errors()]
+            raise ConfigError(
+                "invalid configuration:\n" + "\n".join(f"  {p}" for p in problems),
+                hint="fix or remove the key named above; every section forbids unknown keys",
+            ) from None
     finally:
         _CONFIG_FILES.reset(token)
+
+
+def _describe_error(error: dict, files: list[Path], overrides: dict[str, Any]) -> str:
+    """``key: message (set in <where>)`` for one pydantic error."""
+    # Discriminated unions add the tag ('file', 'prefect') to the location: it is not a key.
+    loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in {"file", "prefect"} and error["loc"][0] == "orchestration")]
+    key = ".".join(loc)
+    return f"{key}: {error['msg']} (set in {_origin(loc, files, overrides)})"
+
+
+def _origin(loc: list[str], files: list[Path], overrides: dict[str, Any]) -> str:
+    """Where the value at ``loc`` came from, highest precedence first: caller, environment, YAML file."""
+    if _has_path(overrides, loc):
+        return "load_settings() arguments"
+    prefix = "OPSFABRIC_" + "__".join(loc).upper()
+    for env in sorted(os.environ):
+        if env == prefix or env.startswith(prefix + "__") or prefix.startswith(env + "__"):
+            return f"environment variable {env}"
+    for path in reversed(files):
+        try:
+            if _has_path(_read_yaml(path), loc):
+                return str(path)
+        except ConfigError:
+            continue
+    return "defaults"
+
+
+def _has_path(mapping: Any, loc: list[str]) -> bool:
+    for part in loc:
+        if not isinstance(mapping, dict) or part not in mapping:
+            return False
+        mapping = mapping[part]
+    return True

@@ -8,16 +8,23 @@ run ids; the fluent API is only used inside one function, in one thread, where M
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import subprocess
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from opsfabric.settings import PROJECT_ROOT, Settings
 
+log = logging.getLogger(__name__)
 _URI_LOCK = threading.Lock()
+_READY_STORES: set[str] = set()
+# Tags that say which process owns a RUNNING run, so a later run can tell a crashed one from a live one.
+OWNER_TAGS = ("opsfabric.owner.host", "opsfabric.owner.pid", "opsfabric.owner.started")
 
 
 @dataclass(frozen=True)
@@ -76,11 +83,33 @@ def use_tracking(settings: Settings) -> None:
 
 
 def mlflow_client(settings: Settings):
-    """A client bound to the configured tracking and registry URIs."""
+    """A client bound to the configured tracking and registry URIs (the store created first)."""
     from mlflow import MlflowClient
 
     use_tracking(settings)
+    ensure_store(settings)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+
+
+def ensure_store(settings: Settings) -> None:
+    """Create or upgrade an embedded SQLite store once, under the registry lock, before anything uses it.
+
+    Two processes opening a fresh SQLite store at once both run MLflow's schema migration and one
+    fails (``duplicate column name``). A server store is the server's business.
+    """
+    uri = settings.tracking_uri
+    if uri in _READY_STORES or not uri.startswith("sqlite:"):
+        return
+    from mlflow import MlflowClient
+
+    from opsfabric.locking import exclusive
+
+    with exclusive(settings, "mlflow-store", purpose=f"create or upgrade the MLflow store {uri}"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=settings.registry_uri)
+        client.search_experiments(max_results=1)  # opens the store: creates tables, runs migrations
+        if settings.registry_uri != uri and settings.registry_uri.startswith("sqlite:"):
+            client.search_registered_models(max_results=1)
+    _READY_STORES.add(uri)
 
 
 def experiment_id(settings: Settings, name: str) -> str:
@@ -103,14 +132,100 @@ def experiment_id(settings: Settings, name: str) -> str:
 
 
 def start_run(settings: Settings, experiment: str, run_name: str, lineage: Lineage, tags: dict[str, str] | None = None) -> str:
-    """Create a run with lineage tags and return its id (the caller logs to it by id)."""
+    """Create a run with lineage and owner tags and return its id (the caller logs to it by id).
+
+    Prefer :func:`mlflow_run`, which also ends the run as FINISHED or FAILED.
+    """
     client = mlflow_client(settings)
-    run = client.create_run(
-        experiment_id(settings, experiment),
-        run_name=run_name,
-        tags={**lineage.as_tags(), **(tags or {})},
-    )
+    exp_id = experiment_id(settings, experiment)
+    reconcile_abandoned_runs(settings, exp_id)
+    run = client.create_run(exp_id, run_name=run_name, tags={**lineage.as_tags(), **_owner_tags(), **(tags or {})})
     return run.info.run_id
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """An open MLflow run: log to it through ``client`` with ``run_id`` (thread-safe, unlike the fluent API)."""
+
+    run_id: str
+    client: Any
+
+
+@contextmanager
+def mlflow_run(
+    settings: Settings, experiment: str, run_name: str, lineage: Lineage, tags: dict[str, str] | None = None
+) -> Iterator[TrackedRun]:
+    """The one owner of an MLflow run's start, failure and end.
+
+    The run ends FINISHED when the block completes and FAILED when it raises (the error propagates),
+    so a broken step never looks like a finished one. A process killed inside the block leaves the
+    run RUNNING; the next run in the experiment marks it KILLED (:func:`reconcile_abandoned_runs`).
+    """
+    run_id = start_run(settings, experiment, run_name, lineage, tags)
+    client = mlflow_client(settings)
+    try:
+        yield TrackedRun(run_id, client)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def log_dataset(
+    tracked: TrackedRun, frame: Any, *, name: str, source: str | Path, md5: str | None = None, context: str = "training"
+) -> None:
+    """Record a dataset as an input of the run, the MLflow way (``log_inputs`` with a digest).
+
+    The source is the file path (MLflow cannot resolve ``dvc://`` sources); the DVC md5 of the
+    file is kept as a tag of the input, so ``dvc`` and MLflow name the same bytes.
+    """
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    dataset = mlflow.data.from_pandas(frame, source=str(source), name=name)
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    if md5:
+        tags.append(InputTag(key="dvc.md5", value=md5))
+    tracked.client.log_inputs(tracked.run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
+
+
+def _owner_tags() -> dict[str, str]:
+    return dict(zip(OWNER_TAGS, (socket.gethostname(), str(os.getpid()), str(_process_start_ticks(os.getpid())))))
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks (Linux), to tell a live pid from a reused one."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _owner_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process that created a run still runs: True/False on this host, None elsewhere or untagged."""
+    host, pid, started = (tags.get(t) for t in OWNER_TAGS)
+    if host != socket.gethostname() or not pid:
+        return None
+    return str(_process_start_ticks(int(pid))) == started
+
+
+def reconcile_abandoned_runs(settings: Settings, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``experiment_id`` whose process on this host is gone.
+
+    A run whose owner is on another host is left alone (its liveness cannot be checked from here).
+
+    Returns:
+        The ids of the runs marked KILLED.
+    """
+    client = mlflow_client(settings)
+    killed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=200):
+        if _owner_alive(run.data.tags) is False:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_tag(run.info.run_id, "opsfabric.reconciled", "owner process died while the run was RUNNING")
+            log.warning("MLflow run %s (%s) was left RUNNING by a process that died: marked KILLED", run.info.run_id, run.info.run_name)
+            killed.append(run.info.run_id)
+    return killed
 
 
 def log_sklearn_model(
@@ -148,10 +263,6 @@ def model_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "cloudpickle")]
 
 
-def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
-    mlflow_client(settings).set_terminated(run_id, status=status)
-
-
 def load_sklearn_model(settings: Settings, model_uri: str) -> Any:
     """Load a scikit-learn model from any MLflow URI (``models:/name@alias``, ``runs:/``, ``models:/m-``)."""
     import mlflow
@@ -159,6 +270,3 @@ def load_sklearn_model(settings: Settings, model_uri: str) -> Any:
     use_tracking(settings)
     return mlflow.sklearn.load_model(model_uri)
 
-
-def log_dict_artifact(settings: Settings, run_id: str, data: dict, artifact_file: str) -> None:
-    mlflow_client(settings).log_dict(run_id, data, artifact_file)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pydantic
 import pytest
 
 from opsfabric.settings import ConfigError, load_settings
@@ -17,11 +16,53 @@ def test_repo_configs_load_with_embedded_defaults():
     assert settings.ml.gate.metric == "roc_auc"
 
 
-def test_typo_in_yaml_names_the_key(tmp_path):
+def test_typo_in_yaml_names_the_key_and_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("ml:\n  gate:\n    min_improvment: 0.1\n")
-    with pytest.raises(pydantic.ValidationError, match="min_improvment"):
+    with pytest.raises(ConfigError, match=r"ml\.gate\.min_improvment: Extra inputs are not permitted \(set in .*bad\.yaml\)"):
         load_settings(bad)
+
+
+@pytest.mark.parametrize(
+    "section, yaml_text, key",
+    [
+        ("rag", "rag:\n  chunking:\n    chunk_sise: 10\n", "rag.chunking.chunk_sise"),
+        ("rag", "rag:\n  retreival: {}\n", "rag.retreival"),
+        ("agents", "agents:\n  profile: ops\n", "agents.profile"),
+        ("orchestration", "orchestration:\n  lock:\n    kind: file\n    timeout: 3\n", "orchestration.lock.timeout"),
+        ("tracking", "tracking:\n  url: http://x\n", "tracking.url"),
+        ("dataset", "dataset:\n  name: x\n  targett: y\n", "dataset.targett"),
+    ],
+)
+def test_a_typo_in_any_section_fails_at_load(tmp_path, section, yaml_text, key):
+    bad = tmp_path / f"{section}.yaml"
+    bad.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad)
+    assert f"{key}: Extra inputs are not permitted (set in {bad})" in str(info.value)
+
+
+def test_a_typo_in_the_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv("OPSFABRIC_RAG__RETRIEVAL__TOPK", "3")
+    with pytest.raises(ConfigError, match=r"rag\.retrieval\.TOPK|rag\.retrieval\.topk"):
+        load_settings()
+    with pytest.raises(ConfigError, match="environment variable OPSFABRIC_RAG__RETRIEVAL__TOPK"):
+        load_settings()
+
+
+def test_bad_value_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rag:\n  chunking:\n    chunk_size: 50\n    chunk_overlap: 50\n")
+    with pytest.raises(ConfigError, match=r"rag\.chunking: Value error, rag\.chunking\.chunk_overlap \(50\) must be < chunk_size"):
+        load_settings(bad)
+
+
+def test_lock_kind_is_a_discriminated_union(tmp_path):
+    good = tmp_path / "lock.yaml"
+    good.write_text("orchestration:\n  lock:\n    kind: prefect\n    timeout_seconds: 9\n")
+    lock = load_settings(good).orchestration.lock
+    assert (lock.kind, lock.timeout_seconds, lock.prefect_limit_prefix) == ("prefect", 9.0, "opsfabric")
+    assert load_settings().orchestration.lock.kind == "file"
 
 
 def test_missing_and_malformed_files_are_named(tmp_path):
@@ -53,9 +94,7 @@ def test_server_profile_switches_engines_by_config_only():
     settings = load_settings("configs/profiles/server.yaml")
     assert settings.tracking_uri.startswith("http://")
     assert settings.orchestration.task_runner == "dask"
-    from opsfabric.rag.settings import rag_settings
-
-    rag = rag_settings(settings)
+    rag = settings.rag
     assert rag.store.url.startswith("http://")
     assert rag.store.alias == "docs-live" and rag.chunking.chunk_size > 0  # the rest of `rag` still merges
 

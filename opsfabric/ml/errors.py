@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from opsfabric.errors import OpsFabricError, StaleDecisionError
 
-class MLPipelineError(Exception):
+
+class MLPipelineError(OpsFabricError):
     """Base class for errors the ML pipeline raises on purpose."""
 
 
@@ -21,3 +23,10 @@ class DataValidationError(MLPipelineError):
 
 class RegistrationError(MLPipelineError):
     """Registering or promoting a model failed; the registry was rolled back to its prior state."""
+
+
+class StaleChampionError(MLPipelineError, StaleDecisionError):
+    """The champion changed between scoring it and moving the alias, more often than the gate re-decides.
+
+    Nothing was registered for the candidate: the decision was never applied.
+    """

