@@ -47,7 +47,7 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         entrypoint="flows/retrain.py:retrain_flow",
         parameters={"recent_batches": ["batch_04"]},
         description="Retrain on reference + recent data and gate; set orchestration.retrain_deployment to "
-        "'retrain/retrain-on-drift' to have monitor trigger this deployment instead of a subflow.",
+        "'retrain/retrain-on-drift' to have monitor trigger this deployment instead of retraining inside its own flow run.",
         tags=("ml",),
     ),
     DeploymentSpec(

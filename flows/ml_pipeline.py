@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
@@ -9,18 +11,18 @@ from flows.monitor import monitor_and_react
 from flows.runners import configured_task_runner, flow_settings
 from flows.train import train_and_gate
 from flows.validate import validate_files
-from tasks.common import run_dir
+from tasks.common import retrying, run_dir
 from tasks.data import prepare_dataset
 from tasks.drift import load_champion, score_batch
 
 
 @flow(name="ml-pipeline", task_runner=configured_task_runner(), log_prints=True)
 def ml_pipeline_flow(config_files: list[str] | None = None) -> dict:
-    """validate all → train + gate → for each batch in time order: monitor (→ retrain subflow + gate) → score the last batch.
+    """validate all → train + gate → for each batch in time order: monitor (→ retrain + gate) → score the last batch.
 
     The stages run as task groups inside this flow run (the standalone flows ``validate``,
-    ``train``, ``monitor``, ``score`` wrap the same groups); drift-triggered retraining runs as a
-    ``retrain`` subflow, as it does under ``monitor``.
+    ``train``, ``monitor``, ``retrain``, ``score`` wrap the same groups); drift-triggered
+    retraining runs here too, or as a deployment when ``orchestration.retrain_deployment`` is set.
     """
     settings = flow_settings(config_files)
     files, contract = prepare_dataset(settings)
@@ -31,7 +33,8 @@ def ml_pipeline_flow(config_files: list[str] | None = None) -> dict:
     scored = None
     if batches:
         out = run_dir(settings, "score") / f"{batches[-1].stem}.scored.parquet"
-        scored = str(score_batch(settings, load_champion(settings), contract, batches[-1], out))
+        champion = retrying(load_champion, settings)(settings)
+        scored = str(score_batch(champion, contract, batches[-1], out))
     create_table_artifact(
         [_row(m) for m in monitored], key="ml-pipeline-batches", description="Drift verdict and retraining per batch"
     )
@@ -50,7 +53,14 @@ def _row(monitored: dict) -> dict:
     }
 
 
-if __name__ == "__main__":
-    import json
+def main(args: list[str]) -> None:
+    """``python -m flows.ml_pipeline [--config FILE]``: the ML lifecycle once."""
+    from flows.ml_pipeline import ml_pipeline_flow  # imported after --config is in the environment: it picks the task runner
 
     print(json.dumps(ml_pipeline_flow(), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    from opsfabric.cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.runners import flow_settings
-from opsfabric.rag import steps
+from opsfabric.rag.promotion import newest_collection
 from tasks.ingest import load_rag_config, prepare_golden
 from tasks.rag import evaluate_and_gate
 
@@ -15,7 +15,7 @@ def rag_eval_flow(config_files: list[str] | None = None, collection: str | None 
     """golden set → evaluate ``collection`` (default: the newest build) vs live → gate → alias."""
     config = load_rag_config(flow_settings(config_files))
     prepare_golden(config)
-    target = collection or steps.newest_collection(config)
+    target = collection or newest_collection(config)
     return evaluate_and_gate(config, target, None, None).summary()
 
 

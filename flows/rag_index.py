@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from opsfabric.rag import steps
+    from opsfabric.rag import operations
+    from opsfabric.rag.settings import RagConfig
 
     parser = argparse.ArgumentParser(prog="python -m flows.rag_index", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rollback":
         print(json.dumps(rag_rollback_flow(configs, args.to), indent=2))
     elif args.command == "status":
-        print(steps.report_json(steps.index_status(steps.rag_config(flow_settings(configs)))))
+        print(operations.report_json(operations.index_status(RagConfig(flow_settings(configs)))))
     else:
         rag_ask_flow(args.question, configs)
     return 0

@@ -1,4 +1,4 @@
-"""Batch scoring with the registered champion (``models:/<name>@champion``)."""
+"""Batch scoring with the registered champion (alias resolved once, model loaded by its version)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 from prefect import flow
 
 from flows.runners import configured_task_runner, flow_settings, resolve_batch
-from tasks.common import run_dir
+from tasks.common import retrying, run_dir
 from tasks.data import prepare_dataset, validate_file
 from tasks.drift import load_champion, score_batch
 
 
 @flow(name="score", task_runner=configured_task_runner(), log_prints=True)
 def score_flow(batch: str, config_files: list[str] | None = None, output: str | None = None) -> str:
-    """validate (labels optional) → load champion → score → write Parquet with predictions.
+    """validate (labels optional) → load champion → score with its threshold → write Parquet with predictions.
 
     Args:
         batch: a configured batch name or a file path.
@@ -26,12 +26,19 @@ def score_flow(batch: str, config_files: list[str] | None = None, output: str | 
     _, contract = prepare_dataset(settings)
     out_dir = run_dir(settings, "score")
     validate_file(settings, path, contract, out_dir / "validation", require_label=False)
-    champion = load_champion(settings)
+    champion = retrying(load_champion, settings)(settings)
     destination = Path(output) if output else out_dir / f"{path.stem}.scored.parquet"
-    return str(score_batch(settings, champion, contract, path, destination))
+    return str(score_batch(champion, contract, path, destination))
+
+
+def main(args: list[str]) -> None:
+    """``python -m flows.score [--config FILE] [batch]``: score one batch (default batch_04)."""
+    from flows.score import score_flow  # imported after --config is in the environment: it picks the task runner
+
+    print(score_flow(args[0] if args else "batch_04"))
 
 
 if __name__ == "__main__":
-    import sys
+    from opsfabric.cli import run_command
 
-    print(score_flow(sys.argv[1] if len(sys.argv) > 1 else "batch_04"))
+    raise SystemExit(run_command(main))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, unmapped
 
 from flows.runners import configured_task_runner, flow_settings
-from opsfabric.ml.steps import DatasetContract
+from opsfabric.ml.contract import DatasetContract
 from opsfabric.settings import Settings
 from tasks.common import run_dir
 from tasks.data import prepare_dataset, validate_file
@@ -35,5 +36,15 @@ def validate_flow(config_files: list[str] | None = None, batches: list[str] | No
     return validate_files(settings, targets, contract)
 
 
+def main(args: list[str]) -> None:
+    """``python -m flows.validate [--config FILE] [file ...]``: validate files (default: every configured one)."""
+    from flows.validate import validate_flow  # imported after --config is in the environment: it picks the task runner
+
+    reports = validate_flow(batches=args or None)
+    print(json.dumps([{"source": r["source"], "passed": r["passed"]} for r in reports], indent=2))
+
+
 if __name__ == "__main__":
-    validate_flow()
+    from opsfabric.cli import run_command
+
+    raise SystemExit(run_command(main))

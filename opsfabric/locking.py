@@ -119,6 +119,23 @@ def _file_lock(lock_dir: Path, resource: str, purpose: str, timeout: float) -> I
         os.close(fd)
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """A running process's start time in clock ticks since boot (Linux), to tell a live pid from a reused one.
+
+    None if there is no such process, or only its zombie (killed, not yet reaped by its parent).
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] == "Z":
+        return None
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
 def _owner(purpose: str) -> dict:
     return {
         "pid": os.getpid(),

@@ -94,7 +94,7 @@ class OrchestrationSettings(Section):
     lock: LockSettings = Field(default_factory=FileLockSettings, description="Guards every alias move and registry write.")
     retrain_deployment: str | None = Field(
         default=None,
-        description="Run retraining as this deployment ('flow-name/deployment-name') instead of a subflow.",
+        description="Run retraining as this deployment ('flow-name/deployment-name') instead of inside the monitor's flow run.",
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from opsfabric.locking import process_start_ticks
 from opsfabric.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -190,15 +191,7 @@ def log_dataset(
 
 
 def _owner_tags() -> dict[str, str]:
-    return dict(zip(OWNER_TAGS, (socket.gethostname(), str(os.getpid()), str(_process_start_ticks(os.getpid())))))
-
-
-def _process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks (Linux), to tell a live pid from a reused one."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    return dict(zip(OWNER_TAGS, (socket.gethostname(), str(os.getpid()), str(process_start_ticks(os.getpid())))))
 
 
 def _owner_alive(tags: dict[str, str]) -> bool | None:
@@ -206,7 +199,7 @@ def _owner_alive(tags: dict[str, str]) -> bool | None:
     host, pid, started = (tags.get(t) for t in OWNER_TAGS)
     if host != socket.gethostname() or not pid:
         return None
-    return str(_process_start_ticks(int(pid))) == started
+    return str(process_start_ticks(int(pid))) == started
 
 
 def reconcile_abandoned_runs(settings: Settings, experiment_id: str) -> list[str]:
@@ -252,7 +245,9 @@ def log_sklearn_model(
             # Explicit requirements: MLflow's inference imports the model in a subprocess (~10 s).
             pip_requirements=model_requirements(),
         )
-    # start_run(run_id=...) ends the run as FINISHED on exit; callers set the final status.
+    # start_run(run_id=...) ends the run FINISHED on exit: reopen it, so the caller's mlflow_run
+    # still ends it FAILED if a later step fails, and a kill leaves it RUNNING (then reconciled).
+    mlflow_client(settings).update_run(run_id, status="RUNNING")
     return info.model_uri
 
 

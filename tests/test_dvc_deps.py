@@ -52,10 +52,12 @@ def stage_modules(stages_module: str, stage: str) -> set[Path]:
         (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == f"stage_{stage}"), None
     )
     assert function is not None, f"{stages_module} has no function stage_{stage}"
-    todo = _imports(function, stages_module) | {stages_module}
-    # the module-level imports of the stages module run too
+    todo = _imports(function, stages_module)
+    # the module-level imports of the stages module run too (not the other stages' functions)
     todo |= _imports(ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[]), stages_module)
-    seen: set[str] = set()
+    parts = stages_module.split(".")
+    todo |= {".".join(parts[:i]) for i in range(1, len(parts)) if _module_file(".".join(parts[:i]))}
+    seen: set[str] = {stages_module}
     while todo:
         module = todo.pop()
         if module in seen:

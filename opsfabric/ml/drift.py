@@ -55,11 +55,10 @@ class DriftReport:
     def drift_share(self) -> float:
         return len(self.drifted_features) / len(self.features) if self.features else 0.0
 
-    def summary(self, dataset_drift_share: float = 0.5) -> DriftSummary:
+    def summary(self) -> DriftSummary:
         return DriftSummary(
             drift_share=self.drift_share,
             drifted_features=self.drifted_features,
-            dataset_drift=self.drift_share >= dataset_drift_share,
             metric=self.metric,
             reference_score=self.reference_score,
             current_score=self.current_score,

@@ -25,6 +25,10 @@ class RegistrationError(MLPipelineError):
     """Registering or promoting a model failed; the registry was rolled back to its prior state."""
 
 
+class NoChampionError(MLPipelineError, LookupError):
+    """No version of the registered model carries the champion alias (nothing was promoted yet)."""
+
+
 class StaleChampionError(MLPipelineError, StaleDecisionError):
     """The champion changed between scoring it and moving the alias, more often than the gate re-decides.
 

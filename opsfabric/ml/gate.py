@@ -58,7 +58,6 @@ class DriftSummary:
 
     drift_share: float
     drifted_features: list[str]
-    dataset_drift: bool
     metric: str
     reference_score: float | None = None
     current_score: float | None = None

@@ -1,20 +1,26 @@
-"""Model registry operations that either complete or leave the registry as it was.
+"""Reading the model registry: versions, the champion alias, and the tags the gate writes.
 
-MLflow 3 aliases (not stages) mark the champion. A candidate is registered as a new version with
-its gate decision in its tags; only a promoted candidate moves the alias. If anything fails after
-the version was created, the version is deleted and the alias is put back where it was.
+MLflow 3 aliases (not stages) mark the champion. Every write to the registry is made by the gate
+(:mod:`opsfabric.ml.promotion`) under the registry lock; this module only names what it writes.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from opsfabric.ml.errors import RegistrationError
-from opsfabric.ml.gate import GateDecision
-
-log = logging.getLogger(__name__)
+# The gate's decision, tagged on every version it registers. ``promoting`` is the intent written
+# before the alias moves; it becomes ``promoted`` once the alias points at the version, or
+# ``interrupted`` when the next gate finds that the process died before moving the alias.
+DECISION_TAG = "gate.decision"
+PROMOTING = "promoting"
+PROMOTED = "promoted"
+REJECTED = "rejected"
+INTERRUPTED = "interrupted"
+# The decision threshold the version was trained and evaluated with; scoring uses it.
+THRESHOLD_TAG = "decision_threshold"
+# Versions registered before the threshold was recorded were all evaluated at 0.5.
+UNRECORDED_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -29,19 +35,31 @@ class ModelRef:
 
     @property
     def uri(self) -> str:
+        """The version's own URI: loading by it cannot pick up a later alias move."""
         return f"models:/{self.name}/{self.version}"
 
+    @property
+    def decision(self) -> str | None:
+        return self.tags.get(DECISION_TAG)
 
-@dataclass(frozen=True)
-class RegistrationResult:
-    version: ModelRef
-    promoted: bool
-    previous_champion: str | None
+    @property
+    def decision_threshold(self) -> float:
+        return float(self.tags.get(THRESHOLD_TAG, UNRECORDED_THRESHOLD))
+
+
+def registry_lock(name: str) -> str:
+    """The lock resource that guards every write to registered model ``name`` and its aliases."""
+    return f"ml-registry-{name}"
 
 
 def _is_not_found(exc: Exception) -> bool:
-    code = getattr(exc, "error_code", "")
-    return "RESOURCE_DOES_NOT_EXIST" in str(code) or "NOT_FOUND" in str(code)
+    code = str(getattr(exc, "error_code", ""))
+    text = str(exc).lower()
+    return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in text or "does not exist" in text
+
+
+def _ref(mv: Any) -> ModelRef:
+    return ModelRef(name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source, tags=dict(mv.tags))
 
 
 def get_champion(client: Any, name: str, alias: str) -> ModelRef | None:
@@ -51,94 +69,17 @@ def get_champion(client: Any, name: str, alias: str) -> ModelRef | None:
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _is_not_found(exc) or "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+        if _is_not_found(exc):
             return None
         raise
-    return ModelRef(name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source, tags=dict(mv.tags))
+    return _ref(mv)
+
+
+def model_versions(client: Any, name: str) -> list[ModelRef]:
+    """Every version of a registered model, oldest first (empty if the model does not exist)."""
+    return sorted((_ref(mv) for mv in client.search_model_versions(f"name='{name}'")), key=lambda ref: int(ref.version))
 
 
 def list_versions(client: Any, name: str) -> list[str]:
     """All version numbers of a registered model (empty if it does not exist)."""
-    return sorted((str(mv.version) for mv in client.search_model_versions(f"name='{name}'")), key=int)
-
-
-def register_candidate(
-    client: Any,
-    *,
-    name: str,
-    alias: str,
-    model_uri: str,
-    run_id: str,
-    decision: GateDecision,
-    tags: dict[str, str],
-) -> RegistrationResult:
-    """Register a candidate version and, if the gate approved it, point ``alias`` at it.
-
-    Either every step succeeds, or the new version is deleted, the alias restored, and a newly
-    created registered model removed again.
-
-    Raises:
-        RegistrationError: a registry call failed; the registry is as it was before the call.
-    """
-    from mlflow.exceptions import MlflowException
-
-    created_model = False
-    version: str | None = None
-    previous = get_champion(client, name, alias)
-    try:
-        try:
-            client.create_registered_model(name, description="Registered by OpsFabric; champion marked by alias.")
-            created_model = True
-        except MlflowException as exc:
-            if "ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")):
-                raise
-        gate_tags = {
-            "gate.decision": "promoted" if decision.approved else "rejected",
-            "gate.metric": decision.metric,
-            "gate.candidate_score": f"{decision.candidate_score:.6f}",
-            "gate.champion_score": "none" if decision.champion_score is None else f"{decision.champion_score:.6f}",
-            "gate.reasons": " | ".join(decision.reasons)[:4900],
-            "gate.previous_champion": previous.version if previous else "none",
-        }
-        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-        mv = client.create_model_version(
-            name, source=model_uri, run_id=run_id, tags={**tags, **gate_tags}, model_id=model_id
-        )
-        version = str(mv.version)
-        if decision.approved:
-            client.set_registered_model_alias(name, alias, version)
-        result = RegistrationResult(
-            version=ModelRef(name, version, run_id, mv.source, {**tags, **gate_tags}),
-            promoted=decision.approved,
-            previous_champion=previous.version if previous else None,
-        )
-    except Exception as exc:
-        _roll_back(client, name, alias, version, previous, created_model)
-        raise RegistrationError(
-            f"registering {name!r} from run {run_id} failed and was rolled back "
-            f"(champion stays {previous.version if previous else 'unset'}): {exc}"
-        ) from exc
-    return result
-
-
-def _roll_back(client: Any, name: str, alias: str, version: str | None, previous: ModelRef | None, created_model: bool) -> None:
-    """Undo a partial registration. Every step is attempted; failures are logged, not hidden."""
-    steps = []
-    if previous is not None:
-        steps.append(("restore alias", lambda: client.set_registered_model_alias(name, alias, previous.version)))
-    if version is not None:
-        steps.append(("delete version", lambda: client.delete_model_version(name, version)))
-    if created_model:
-        steps.append(("delete registered model", lambda: client.delete_registered_model(name)))
-    for label, step in steps:
-        try:
-            step()
-        except Exception as exc:  # noqa: BLE001 - keep rolling back; the original error is raised
-            log.error("roll back of %s: %s failed: %s", name, label, exc)
-
-
-def promote_version(client: Any, name: str, alias: str, version: str) -> str | None:
-    """Point ``alias`` at ``version`` (a manual promotion or a rollback); return the previous version."""
-    previous = get_champion(client, name, alias)
-    client.set_registered_model_alias(name, alias, str(version))
-    return previous.version if previous else None
+    return [ref.version for ref in model_versions(client, name)]

@@ -1,7 +1,7 @@
 """DVC stage entry points: ``python -m opsfabric.ml.stages <stage>``.
 
-Each stage calls the same step functions as the Prefect flows (``opsfabric.ml.steps``) and writes
-the outputs ``dvc.yaml`` declares. Output locations are the module constants below, named once
+Each stage calls the same step functions as the Prefect flows (``opsfabric.ml.contract``,
+``training``, ``monitoring``) and writes the outputs ``dvc.yaml`` declares. Output locations are the module constants below, named once
 here and in ``dvc.yaml`` (a test checks the two agree).
 
 The DVC pipeline is a DAG: it trains on the reference batch and writes drift verdicts for every
@@ -31,69 +31,89 @@ DVC_EXPERIMENT_TAG = {"opsfabric.source": "dvc"}
 
 
 def stage_generate(settings) -> None:
-    from opsfabric.ml import steps
+    from opsfabric.ml.contract import generate_dataset
 
-    steps.generate_dataset(settings, overwrite=True)
+    generate_dataset(settings, overwrite=True)
 
 
 def stage_validate(settings) -> None:
     import shutil
 
-    from opsfabric.ml import steps
+    from opsfabric.ml.contract import dataset_paths, load_contract, validate_file
 
-    contract = steps.load_contract(settings)
+    contract = load_contract(settings)
     out_dir = settings.path(VALIDATION_DIR)
     shutil.rmtree(out_dir, ignore_errors=True)
-    for path in steps.dataset_paths(settings).values():
-        steps.validate_file(settings, path, contract, out_dir)  # raises (non-zero exit) on a broken file
+    for path in dataset_paths(settings).values():
+        validate_file(settings, path, contract, out_dir)  # raises (non-zero exit) on a broken file
     (out_dir / "schema.json").write_text(json.dumps(contract.to_dict(), indent=2, default=str) + "\n")
 
 
 def stage_train(settings) -> None:
     import shutil
-    import tempfile
 
     import mlflow
 
     from opsfabric import tracking
-    from opsfabric.ml import steps
+    from opsfabric.ml.contract import load_contract
+    from opsfabric.ml.lineage import lineage_for
+    from opsfabric.ml.training import reference_training_sets, train_and_log
 
-    contract = steps.load_contract(settings)
-    train, evaluation = steps.reference_training_sets(settings, contract)
-    lineage = steps.lineage_for(settings, data_files=[settings.path(settings.dataset.reference)])
-    with tempfile.TemporaryDirectory() as work:
-        candidate = steps.train_and_log(
-            settings, train, evaluation, contract, lineage=lineage, run_name="dvc-train", work_dir=Path(work), extra_tags=DVC_EXPERIMENT_TAG
-        )
+    contract = load_contract(settings)
+    sets = reference_training_sets(settings, contract)
+    lineage = lineage_for(settings, data_files=[settings.path(settings.dataset.reference)])
+    candidate = train_and_log(settings, sets, contract, lineage=lineage, run_name="dvc-train", extra_tags=DVC_EXPERIMENT_TAG)
     model = tracking.load_sklearn_model(settings, candidate.model_uri)
     model_dir = settings.path(MODEL_DIR)
     shutil.rmtree(model_dir, ignore_errors=True)
     mlflow.sklearn.save_model(
-        model, str(model_dir), serialization_format="cloudpickle", pip_requirements=tracking.model_requirements()
+        model,
+        str(model_dir),
+        serialization_format="cloudpickle",
+        pip_requirements=tracking.model_requirements(),
+        # The threshold travels with the model, as it does on a registered version (tag).
+        metadata={"decision_threshold": candidate.decision_threshold, "mlflow_run_id": candidate.run_id},
     )
     write_json(settings.path(TRAIN_METRICS), {**candidate.metrics, "n_train": candidate.n_train, "n_eval": candidate.n_eval})
     print(f"trained: {candidate.metrics} (MLflow run {candidate.run_id})")
 
 
-def stage_evaluate(settings) -> None:
+def _local_champion(settings, reference_score: float | None):
+    """The DVC pipeline's model (``models/model``) as a champion, with the threshold saved beside it."""
     import mlflow
+
+    from opsfabric.ml.champion import Champion
+
+    model_dir = str(settings.path(MODEL_DIR))
+    metadata = mlflow.models.Model.load(model_dir).metadata or {}
+    return Champion(
+        model=mlflow.sklearn.load_model(model_dir),
+        version="dvc",
+        reference_score=reference_score,
+        decision_threshold=float(metadata["decision_threshold"]),
+    )
+
+
+def stage_evaluate(settings) -> None:
     import pandas as pd
     from sklearn.metrics import roc_curve
 
-    from opsfabric.ml import steps
+    from opsfabric.ml.contract import dataset_paths, load_contract
     from opsfabric.ml.dataset import read_table
-    from opsfabric.ml.training import binary_labels, evaluate_model, positive_scores
+    from opsfabric.ml.model import binary_labels, evaluate_model, positive_scores
+    from opsfabric.ml.training import reference_training_sets
 
-    contract = steps.load_contract(settings)
-    model = mlflow.sklearn.load_model(str(settings.path(MODEL_DIR)))
-    _, evaluation = steps.reference_training_sets(settings, contract)
-    holdout = evaluate_model(model, evaluation, contract.spec)
-    fpr, tpr, _ = roc_curve(binary_labels(evaluation, contract.spec), positive_scores(model, evaluation, contract.spec))
+    contract = load_contract(settings)
+    champion = _local_champion(settings, None)
+    evaluation = reference_training_sets(settings, contract).evaluation
+    threshold = champion.decision_threshold
+    holdout = evaluate_model(champion.model, evaluation, contract.spec, threshold=threshold)
+    fpr, tpr, _ = roc_curve(binary_labels(evaluation, contract.spec), positive_scores(champion.model, evaluation, contract.spec))
     roc = pd.DataFrame({"fpr": fpr, "tpr": tpr}).round(5)
     rows = [{"batch": "holdout", **holdout}]
-    for name, path in steps.dataset_paths(settings).items():
+    for name, path in dataset_paths(settings).items():
         if name != "reference":
-            rows.append({"batch": name, **evaluate_model(model, read_table(path), contract.spec)})
+            rows.append({"batch": name, **evaluate_model(champion.model, read_table(path), contract.spec, threshold=threshold)})
     settings.path(ROC_PLOT).parent.mkdir(parents=True, exist_ok=True)
     roc.to_csv(settings.path(ROC_PLOT), index=False)
     pd.DataFrame(rows).round(5).to_csv(settings.path(BATCH_PLOT), index=False)
@@ -103,22 +123,19 @@ def stage_evaluate(settings) -> None:
 def stage_monitor(settings) -> None:
     import shutil
 
-    import mlflow
+    from opsfabric.ml.contract import dataset_paths, load_contract
+    from opsfabric.ml.monitoring import monitor_batch
 
-    from opsfabric.ml import steps
-
-    contract = steps.load_contract(settings)
-    model = mlflow.sklearn.load_model(str(settings.path(MODEL_DIR)))
+    contract = load_contract(settings)
     reference_score = json.loads(settings.path(TRAIN_METRICS).read_text())[settings.ml.gate.metric]
+    champion = _local_champion(settings, reference_score)
     out_dir = settings.path(DRIFT_DIR)
     shutil.rmtree(out_dir, ignore_errors=True)
     verdicts = {}
-    for name, path in steps.dataset_paths(settings).items():
+    for name, path in dataset_paths(settings).items():
         if name == "reference":
             continue
-        outcome = steps.monitor_batch(
-            settings, path, contract, out_dir, model=model, champion_version="dvc", champion_reference_score=reference_score
-        )
+        outcome = monitor_batch(settings, path, contract, out_dir, champion=champion)
         verdicts[name] = {
             "drift_share": outcome.report.drift_share,
             "n_drifted_features": len(outcome.report.drifted_features),
@@ -143,14 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=sorted(STAGES))
     args = parser.parse_args(argv)
     configure_runtime_env()
-    from opsfabric.ml.errors import MLPipelineError
+    from opsfabric.errors import OpsFabricError
     from opsfabric.settings import load_settings
+    from opsfabric.stage_outputs import check_dvc_dataset
 
-    settings = load_settings()
     try:
+        settings = load_settings()
+        check_dvc_dataset(settings)  # under dvc repro: only the dataset dvc.yaml tracks
         STAGES[args.stage](settings)
-    except MLPipelineError as exc:
-        print(f"stage {args.stage} failed: {exc}", file=sys.stderr)
+    except OpsFabricError as exc:
+        hint = f"\nhint: {exc.hint}" if exc.hint else ""
+        print(f"stage {args.stage} failed: {exc}{hint}", file=sys.stderr)
         return 1
     return 0
 

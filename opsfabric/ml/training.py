@@ -1,99 +1,73 @@
-"""Training and evaluation of a scikit-learn Pipeline (preprocessing + model)."""
+"""Training a candidate: the data sets it learns and is judged on, the fit, and its MLflow run.
+
+Nothing is registered here: a candidate becomes a model version only through the gate
+(:mod:`opsfabric.ml.promotion`).
+"""
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Iterator
 
-import numpy as np
 import pandas as pd
-from sklearn.base import ClassifierMixin
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from opsfabric.ml.dataset import FeatureSpec
-from opsfabric.settings import ModelParams
+from opsfabric import tracking
+from opsfabric.ml.contract import DatasetContract
+from opsfabric.ml.dataset import FeatureSpec, file_md5, read_table
+from opsfabric.ml.kill_points import CANDIDATE_RUN_OPEN, kill_point
+from opsfabric.ml.model import SAMPLE_WEIGHT_COLUMN, features_of, train_candidate
+from opsfabric.settings import Settings
+from opsfabric.tracking import Lineage
 
-SAMPLE_WEIGHT_COLUMN = "__sample_weight__"
+TRAINING_EXPERIMENT = "ml-training"
 
-MODEL_CLASSES: dict[str, type[ClassifierMixin]] = {
-    "gradient_boosting": GradientBoostingClassifier,
-    "random_forest": RandomForestClassifier,
-    "logistic_regression": LogisticRegression,
-}
+
+# ---------------------------------------------------------------------------------------------
+# Data sets
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSlice:
+    """Consecutive rows of a training or evaluation set that come from one file.
+
+    Logged as an MLflow dataset input (digest of exactly these rows), with the DVC md5 of the file.
+    """
+
+    name: str
+    source: str
+    md5: str
+    split: str  # "train" or "evaluation"
+    start: int
+    stop: int
 
 
 @dataclass
-class TrainedModel:
-    """A fitted pipeline with the data it was fitted and evaluated on."""
+class TrainingSets:
+    """What a candidate is fitted on and what candidate and champion are judged on, with provenance."""
 
-    pipeline: Pipeline
-    metrics: dict[str, float]
-    params: dict[str, Any]
-    n_train: int
-    n_eval: int
+    train: pd.DataFrame
+    evaluation: pd.DataFrame
+    slices: list[DataSlice]
+
+    def slice_frames(self) -> Iterator[tuple[DataSlice, pd.DataFrame]]:
+        """Each slice with its rows (the sample-weight column left out: it is not data)."""
+        for part in self.slices:
+            frame = self.train if part.split == "train" else self.evaluation
+            yield part, frame.iloc[part.start : part.stop].drop(columns=[SAMPLE_WEIGHT_COLUMN], errors="ignore")
 
 
 def split_train_eval(
     frame: pd.DataFrame, spec: FeatureSpec, *, test_size: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified, seeded train/eval split."""
+    from sklearn.model_selection import train_test_split
+
     labels = frame[spec.target]
     stratify = labels if labels.value_counts().min() >= 2 else None
     train, evaluation = train_test_split(frame, test_size=test_size, random_state=seed, stratify=stratify)
     return train.reset_index(drop=True), evaluation.reset_index(drop=True)
-
-
-def build_pipeline(spec: FeatureSpec, model: ModelParams, *, seed: int) -> Pipeline:
-    """Imputation, scaling and one-hot encoding in front of the configured classifier."""
-    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    categorical = Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="most_frequent")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ]
-    )
-    preprocess = ColumnTransformer(
-        [("numeric", numeric, spec.numeric), ("categorical", categorical, spec.categorical)],
-        remainder="drop",
-        verbose_feature_names_out=False,
-    )
-    estimator_cls = MODEL_CLASSES[model.kind]
-    hyperparameters = dict(model.hyperparameters)
-    if "random_state" in estimator_cls().get_params():
-        hyperparameters.setdefault("random_state", seed)
-    return Pipeline([("preprocess", preprocess), ("model", estimator_cls(**hyperparameters))])
-
-
-def features_of(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    """The model's input columns, categorical ones as strings (what the signature declares)."""
-    features = frame[spec.features].copy()
-    for col in spec.categorical:
-        features[col] = features[col].astype("string").astype(object)
-    for col in spec.numeric:
-        features[col] = features[col].astype("float64")
-    return features
-
-
-def binary_labels(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    """1 where the target equals the positive label, else 0."""
-    return (frame[spec.target].astype(str) == str(spec.positive_label)).astype(int).to_numpy()
-
-
-def fit_model(train: pd.DataFrame, spec: FeatureSpec, model: ModelParams, *, seed: int) -> Pipeline:
-    """Fit the pipeline on ``train`` (rows weighted by a ``SAMPLE_WEIGHT_COLUMN`` column if present)."""
-    pipeline = build_pipeline(spec, model, seed=seed)
-    fit_params = {}
-    if SAMPLE_WEIGHT_COLUMN in train.columns:
-        fit_params["model__sample_weight"] = train[SAMPLE_WEIGHT_COLUMN].to_numpy()
-    pipeline.fit(features_of(train, spec), binary_labels(train, spec), **fit_params)
-    return pipeline
 
 
 def recency_weights(n_reference: int, n_recent: int, recent_share: float) -> tuple[float, float]:
@@ -102,34 +76,116 @@ def recency_weights(n_reference: int, n_recent: int, recent_share: float) -> tup
     return (1 - recent_share) * total / n_reference, recent_share * total / n_recent
 
 
-def positive_scores(pipeline: Any, frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    """Probability of the positive class for each row."""
-    return pipeline.predict_proba(features_of(frame, spec))[:, 1]
+def reference_training_sets(settings: Settings, contract: DatasetContract) -> TrainingSets:
+    """Train/eval split of the reference batch."""
+    path = settings.path(settings.dataset.reference)
+    train, evaluation = split_train_eval(read_table(path), contract.spec, test_size=settings.ml.train.test_size, seed=settings.ml.train.seed)
+    md5 = file_md5(path)
+    return TrainingSets(
+        train,
+        evaluation,
+        [
+            DataSlice(path.stem, str(path), md5, "train", 0, len(train)),
+            DataSlice(path.stem, str(path), md5, "evaluation", 0, len(evaluation)),
+        ],
+    )
 
 
-def evaluate_model(pipeline: Any, evaluation: pd.DataFrame, spec: FeatureSpec) -> dict[str, float]:
-    """Accuracy, F1 and ROC-AUC of ``pipeline`` on labelled data."""
-    y_true = binary_labels(evaluation, spec)
-    scores = positive_scores(pipeline, evaluation, spec)
-    y_pred = (scores >= 0.5).astype(int)
-    metrics = {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
-        "positive_rate": float(y_true.mean()),
-    }
-    metrics["roc_auc"] = float(roc_auc_score(y_true, scores)) if len(set(y_true)) == 2 else float("nan")
-    return metrics
+def retraining_sets(settings: Settings, contract: DatasetContract, recent_paths: list[Path]) -> TrainingSets:
+    """Reference + recent data for training; a held-out part of the recent data for evaluation.
+
+    Evaluating on recent data only asks the question that matters after drift: which model is
+    better on the data we see now. Champion and candidate are both scored on it. Recent rows carry
+    ``retrain.recent_weight_share`` of the sample weight, so a few thousand new rows are not
+    outvoted by a reference batch that describes the old behaviour.
+    """
+    reference_path = settings.path(settings.dataset.reference)
+    reference = read_table(reference_path)
+    recent_parts = [read_table(p) for p in recent_paths]
+    # Each recent file is split on its own, so every row of both sets comes from one named file.
+    splits = [
+        split_train_eval(part, contract.spec, test_size=settings.ml.retrain.recent_eval_share, seed=settings.ml.train.seed)
+        for part in recent_parts
+    ]
+    n_recent_train = sum(len(t) for t, _ in splits)
+    reference_weight, recent_weight = recency_weights(len(reference), n_recent_train, settings.ml.retrain.recent_weight_share)
+    slices = [DataSlice(reference_path.stem, str(reference_path), file_md5(reference_path), "train", 0, len(reference))]
+    train_at, eval_at = len(reference), 0
+    for path, (part_train, part_eval) in zip(recent_paths, splits):
+        md5 = file_md5(path)
+        slices.append(DataSlice(Path(path).stem, str(path), md5, "train", train_at, train_at + len(part_train)))
+        slices.append(DataSlice(Path(path).stem, str(path), md5, "evaluation", eval_at, eval_at + len(part_eval)))
+        train_at += len(part_train)
+        eval_at += len(part_eval)
+    train = pd.concat(
+        [reference.assign(**{SAMPLE_WEIGHT_COLUMN: reference_weight})]
+        + [part_train.assign(**{SAMPLE_WEIGHT_COLUMN: recent_weight}) for part_train, _ in splits],
+        ignore_index=True,
+    )
+    evaluation = pd.concat([part_eval for _, part_eval in splits], ignore_index=True)
+    return TrainingSets(train, evaluation, slices)
 
 
-def train_candidate(
-    train: pd.DataFrame, evaluation: pd.DataFrame, spec: FeatureSpec, model: ModelParams, *, seed: int
-) -> TrainedModel:
-    """Fit on ``train`` and evaluate on ``evaluation``: one candidate, ready for the gate."""
-    pipeline = fit_model(train, spec, model, seed=seed)
-    return TrainedModel(
-        pipeline=pipeline,
-        metrics=evaluate_model(pipeline, evaluation, spec),
-        params={"model_kind": model.kind, "seed": seed, **{f"model__{k}": v for k, v in model.hyperparameters.items()}},
-        n_train=len(train),
-        n_eval=len(evaluation),
+# ---------------------------------------------------------------------------------------------
+# The candidate and its MLflow run
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class CandidateRun:
+    """A trained candidate logged to MLflow. Its eval data travel with it as data, not as a path."""
+
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+    decision_threshold: float
+    n_train: int
+    n_eval: int
+
+
+def train_and_log(
+    settings: Settings,
+    sets: TrainingSets,
+    contract: DatasetContract,
+    *,
+    lineage: Lineage,
+    run_name: str,
+    extra_tags: dict[str, str] | None = None,
+) -> CandidateRun:
+    """Fit a candidate and log params, metrics, data sets, eval set and model (signature, example) to MLflow.
+
+    The run ends FAILED if anything raises (``tracking.mlflow_run``). The model is logged last:
+    MLflow's fluent ``log_model`` ends the run when it returns, so nothing may follow it.
+    """
+    from mlflow.entities import Metric, Param
+
+    params = settings.ml.train
+    with tracking.mlflow_run(
+        settings, TRAINING_EXPERIMENT, run_name, lineage, tags={"opsfabric.dataset": settings.dataset.name, **(extra_tags or {})}
+    ) as run:
+        trained = train_candidate(
+            sets.train, sets.evaluation, contract.spec, params.model, seed=params.seed, threshold=params.decision_threshold
+        )
+        now = int(time.time() * 1000)
+        logged_params = {**trained.params, "test_size": params.test_size, "n_train": trained.n_train, "n_eval": trained.n_eval}
+        run.client.log_batch(
+            run.run_id,
+            metrics=[Metric(f"eval_{k}", v, now, 0) for k, v in trained.metrics.items()],
+            params=[Param(k, str(v)) for k, v in logged_params.items()],
+        )
+        for part, frame in sets.slice_frames():
+            tracking.log_dataset(run, frame, name=f"{part.name}-{part.split}", source=part.source, md5=part.md5, context=part.split)
+        with tempfile.TemporaryDirectory() as tmp:
+            # The eval set itself (MLflow dataset inputs keep only digest and schema), to re-judge later.
+            eval_file = Path(tmp) / "eval_set.parquet"
+            sets.evaluation.to_parquet(eval_file, index=False)
+            run.client.log_artifact(run.run_id, str(eval_file), "data")
+        run.client.log_dict(run.run_id, contract.to_dict(), "data/contract.json")
+        kill_point(CANDIDATE_RUN_OPEN)
+        model_uri = tracking.log_sklearn_model(settings, run.run_id, trained.pipeline, features_of(sets.evaluation.head(5), contract.spec))
+    return CandidateRun(
+        run_id=run.run_id,
+        model_uri=model_uri,
+        metrics=trained.metrics,
+        decision_threshold=params.decision_threshold,
+        n_train=trained.n_train,
+        n_eval=trained.n_eval,
     )

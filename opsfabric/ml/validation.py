@@ -35,12 +35,6 @@ class TableSchema:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TableSchema":
-        data = dict(data)
-        data["ranges"] = {k: tuple(v) for k, v in data["ranges"].items()}
-        return cls(**data)
-
 
 @dataclass
 class CheckResult:

@@ -114,3 +114,12 @@ def make_embedding(config: EmbeddingSettings, api_key: str | None = None) -> Any
     if config.backend == "openai":
         return OpenAICompatibleEmbedding(config.base_url or "", config.model, api_key, config.batch_size, config.timeout_seconds)
     return LocalMiniLMEmbedding(config.batch_size)
+
+
+def configured_embedding(config: Any) -> Any:
+    """The embedding model ``rag.embedding`` configures, its API key read from the environment.
+
+    Args:
+        config: a :class:`opsfabric.rag.settings.RagConfig`.
+    """
+    return make_embedding(config.rag.embedding, config.secret(config.rag.embedding.api_key_env))

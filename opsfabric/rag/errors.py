@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from opsfabric.errors import OpsFabricError
-
 from pathlib import Path
+
+from opsfabric.errors import OpsFabricError, StaleDecisionError
 
 
 class RagError(OpsFabricError):
@@ -34,6 +34,18 @@ class IndexLockedError(RagError):
 
 class IndexVersionError(RagError):
     """An index version or alias operation is impossible (unknown version, nothing to roll back to...)."""
+
+
+class BuildInProgressError(IndexVersionError):
+    """Another process is building an index version and its lease has not expired: it is not taken over."""
+
+
+class LeaseLostError(IndexVersionError):
+    """This build's lease expired and another process took the version over: this build stops writing."""
+
+
+class StaleGateDecisionError(RagError, StaleDecisionError):
+    """The live alias moved after the candidate and the live version were scored: the decision is not applied."""
 
 
 class GoldenSetError(RagError):

@@ -1,9 +1,14 @@
-"""Evaluation of one index version on the golden set, and the gate that decides if it goes live.
+"""Evaluation of one index version on the golden set (the gate that reads it: ``opsfabric.rag.gate``).
 
 Always: retrieval metrics computed here (hit@k, MRR, nDCG@k, with a chunk relevant when it holds
 the reference passage) and ragas metrics that need no LLM (context precision and recall against
 the reference passage, string similarity, ROUGE-L, BLEU). With an LLM endpoint configured: ragas
 LLM-judge metrics (faithfulness, answer relevancy) too.
+
+Aggregates are reported over all questions (``mrr``, ``hit_at_5``...: the keys the gate and the
+MLflow history use) and per golden split, prefixed by the split name (``tune.mrr``,
+``holdout.mrr``, with ``holdout.n_questions``): retrieval parameters are chosen on ``tune``, so
+``holdout`` is the honest estimate.
 """
 
 from __future__ import annotations
@@ -11,14 +16,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opsfabric.rag.answer import Answer
-from opsfabric.rag.golden import GoldenItem, squash
+from opsfabric.rag.golden import SPLITS, GoldenItem, squash
 from opsfabric.rag.guard import as_data_block, detect_injection
 from opsfabric.rag.retrieval import Chunk, Retriever, all_chunks
-from opsfabric.rag.settings import GateParams
 
 log = logging.getLogger(__name__)
 RETRIEVAL_KS = (1, 3, 5)
@@ -152,7 +156,7 @@ class EvalResult:
 
     def table(self) -> list[dict]:
         """Per-question rows with scalar cells only (Prefect table artifact, CSV)."""
-        keep = ("id", "question", "answer", "top_doc", "latency_ms", "cost_usd")
+        keep = ("id", "split", "question", "answer", "top_doc", "latency_ms", "cost_usd")
         return [
             {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k in keep or isinstance(v, (int, float)) and not isinstance(v, bool)}
             for row in self.rows
@@ -177,6 +181,7 @@ def evaluate_version(
         relevance = [is_relevant(h.text, h.doc_id, item) for h in hits]
         row = {
             "id": item.id,
+            "split": item.split,
             "question": item.question,
             "answer": answer.text,
             "top_doc": hits[0].doc_id if hits else "",
@@ -194,15 +199,41 @@ def evaluate_version(
     if judge:
         for row, extra in zip(rows, llm_judge_scores(config, rows)):
             row.update(extra)
-    numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
-    aggregates = {name: _mean([row[name] for row in rows]) for name in numeric}
-    for name in numeric:  # a mean over the non-NaN rows only is reported with the share it left out
-        nan_share = sum(1 for row in rows if _is_nan(row[name])) / len(rows)
-        if nan_share:
-            aggregates[f"{name}_nan_share"] = nan_share
-            log.warning("%s is NaN for %d of %d questions", name, round(nan_share * len(rows)), len(rows))
+    aggregates = aggregate_by_split(rows)
     prompt_hash = getattr(getattr(answerer, "template", None), "sha256", None)
     return EvalResult(retriever.collection, rows, aggregates, answerer.method, bool(judge), prompt_hash)
+
+
+def aggregate_rows(rows: list[dict], prefix: str = "") -> dict[str, float]:
+    """Means of the numeric columns of per-question rows, keys prefixed by ``prefix``.
+
+    A mean over the non-NaN rows only is reported with the share it left out
+    (``<prefix><metric>_nan_share``), so a gate can refuse a metric that is mostly NaN.
+    """
+    if not rows:
+        return {}
+    numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    aggregates = {f"{prefix}{name}": _mean([row[name] for row in rows]) for name in numeric}
+    for name in numeric:
+        nan_share = sum(1 for row in rows if _is_nan(row[name])) / len(rows)
+        if nan_share:
+            aggregates[f"{prefix}{name}_nan_share"] = nan_share
+            log.warning("%s%s is NaN for %d of %d questions", prefix, name, round(nan_share * len(rows)), len(rows))
+    return aggregates
+
+
+def aggregate_by_split(rows: list[dict]) -> dict[str, float]:
+    """Aggregates over all rows (unprefixed keys) and per golden split (``<split>.<metric>``).
+
+    Each split present also gets ``<split>.n_questions``; a split with no rows gets no keys, so a
+    missing ``holdout.mrr`` means "not measured", never 0.
+    """
+    aggregates = aggregate_rows(rows)
+    for split in SPLITS:
+        part = [row for row in rows if row.get("split") == split]
+        if part:
+            aggregates |= aggregate_rows(part, f"{split}.") | {f"{split}.n_questions": float(len(part))}
+    return aggregates
 
 
 def _is_nan(value: Any) -> bool:
@@ -214,74 +245,20 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-# ---- the gate ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GoLiveDecision:
-    """Whether a new index version may take the live alias, and why."""
-
-    approved: bool
-    reasons: list[str] = field(default_factory=list)
-    candidate: str = ""
-    live: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def should_go_live(
-    candidate_scores: dict[str, float],
-    policy: GateParams,
-    *,
-    live_scores: dict[str, float] | None = None,
-    candidate: str = "",
-    live: str | None = None,
-    not_compared: str | None = None,
-) -> GoLiveDecision:
-    """Every threshold must be met and the candidate may not trail the live version by more than
-    ``policy.max_regression`` on ``policy.primary_metric``. ``live_scores`` must come from the same
-    golden set in the same run. A missing or NaN metric never passes, nor does a metric that is NaN
-    for more than ``policy.max_nan_share`` of the questions (``<metric>_nan_share`` in the scores).
-    ``not_compared`` says why a live version was not evaluated (recorded among the reasons).
-    """
-    reasons, ok = [], True
-    for metric, floor in sorted(policy.thresholds.items()):
-        value = candidate_scores.get(metric)
-        if value is None or math.isnan(value):
-            ok = False
-            reasons.append(f"{metric} is missing or NaN (threshold {floor})")
-        elif candidate_scores.get(f"{metric}_nan_share", 0.0) > policy.max_nan_share:
-            ok = False
-            reasons.append(
-                f"{metric} is NaN for {candidate_scores[f'{metric}_nan_share']:.0%} of the questions "
-                f"(> rag.gate.max_nan_share={policy.max_nan_share})"
-            )
-        elif value < floor:
-            ok = False
-            reasons.append(f"{metric}={value:.4f} is below the threshold {floor}")
-        else:
-            reasons.append(f"{metric}={value:.4f} >= {floor}")
-    if live_scores is not None and live:
-        metric = policy.primary_metric
-        cand, champ = candidate_scores.get(metric), live_scores.get(metric)
-        if cand is None or champ is None or math.isnan(cand) or math.isnan(champ):
-            ok = False
-            reasons.append(f"{metric} missing for candidate or live version {live}: cannot compare")
-        elif cand < champ - policy.max_regression:
-            ok = False
-            reasons.append(f"{metric}={cand:.4f} trails live {live} ({champ:.4f}) by more than {policy.max_regression}")
-        else:
-            reasons.append(f"{metric}={cand:.4f} vs live {live} {champ:.4f} (allowed regression {policy.max_regression})")
-    elif live is None:
-        reasons.append("no live version yet")
-    elif not_compared:
-        reasons.append(not_compared)
-    return GoLiveDecision(ok, reasons, candidate, live)
-
-
 def evaluate_retrieval(retriever: Retriever, golden: list[GoldenItem], mode: str, ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, float]:
-    """Mean hit@k, MRR and nDCG of one retrieval mode (no answering): benchmarks and quality floors."""
+    """Mean hit@k, MRR and nDCG of one retrieval mode (no answering): benchmarks and quality floors.
+
+    Keys as in :func:`aggregate_by_split`: overall, and per split present in ``golden``. To choose
+    parameters, pass only the tune items (``golden.items_in_split(items, "tune")``).
+    """
+    return aggregate_by_split(retrieval_rows(retriever, golden, mode, ks))
+
+
+def retrieval_rows(retriever: Retriever, golden: list[GoldenItem], mode: str, ks: tuple[int, ...] = RETRIEVAL_KS) -> list[dict]:
+    """Per question: id, split, hit@k, MRR and nDCG of one retrieval mode (for paired comparisons)."""
     rows, references = [], reference_chunks(all_chunks(retriever.client, retriever.collection), golden)
     for item in golden:
         hits = retriever.search(item.question, k=max(ks), mode=mode)
-        rows.append(retrieval_scores([is_relevant(h.text, h.doc_id, item) for h in hits], max(len(references[item.id]), 1), ks))
-    return {name: _mean([row[name] for row in rows]) for name in rows[0]} if rows else {}
+        relevance = [is_relevant(h.text, h.doc_id, item) for h in hits]
+        rows.append({"id": item.id, "split": item.split, **retrieval_scores(relevance, max(len(references[item.id]), 1), ks)})
+    return rows

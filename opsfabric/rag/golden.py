@@ -2,6 +2,10 @@
 
 The source (``data/golden/rag_qa.jsonl``) is committed; :func:`prepare_golden_set` validates it
 against the cleaned corpus and writes the prepared table (a DVC output) the evaluation reads.
+
+Every item belongs to one split: ``tune`` (the questions retrieval parameters such as chunk size
+and fusion weights may be chosen on) or ``holdout`` (never used to choose anything; the figures
+reported as the quality of the shipped configuration come from it).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from pathlib import Path
 from opsfabric.rag.corpus import LoadedCorpus
 from opsfabric.rag.errors import GoldenSetError
 
-REQUIRED = ("id", "question", "reference_answer", "doc_id", "passage")
+REQUIRED = ("id", "question", "reference_answer", "doc_id", "passage", "split")
+TUNE, HOLDOUT = "tune", "holdout"
+SPLITS = (TUNE, HOLDOUT)
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,16 @@ class GoldenItem:
     reference_answer: str
     doc_id: str
     passage: str
+    split: str  # TUNE or HOLDOUT
+
+
+def items_in_split(items: list[GoldenItem], split: str | None) -> list[GoldenItem]:
+    """The items of one split (all items for None). Raises GoldenSetError for an unknown split."""
+    if split is None:
+        return list(items)
+    if split not in SPLITS:
+        raise GoldenSetError(f"unknown golden split {split!r}: expected one of {list(SPLITS)}")
+    return [i for i in items if i.split == split]
 
 
 def squash(text: str) -> str:
@@ -51,6 +67,8 @@ def read_golden_source(path: Path) -> list[GoldenItem]:
         not_text = [k for k in REQUIRED if not isinstance(row[k], str)]
         if not_text:
             raise GoldenSetError(f"{path}:{number}: field(s) {not_text} must be strings, got {[type(row[k]).__name__ for k in not_text]}")
+        if row["split"] not in SPLITS:
+            raise GoldenSetError(f"{path}:{number}: field 'split' is {row['split']!r}, expected one of {list(SPLITS)}")
         if row["id"] in seen:
             raise GoldenSetError(f"{path}:{number}: duplicate id {row['id']!r}")
         seen.add(row["id"])
@@ -91,5 +109,11 @@ def read_golden(prepared: Path, source: Path) -> list[GoldenItem]:
         import pandas as pd
 
         frame = pd.read_parquet(prepared)
+        missing = [k for k in REQUIRED if k not in frame.columns]
+        if missing:  # written by an older version: evaluating it would silently drop the splits
+            raise GoldenSetError(
+                f"{prepared}: prepared golden table lacks column(s) {missing}; rebuild it from {source} "
+                "(dvc repro rag_golden, or any RAG flow)"
+            )
         return [GoldenItem(**{k: str(row[k]) for k in REQUIRED}) for row in frame.to_dict("records")]
     return read_golden_source(source)

@@ -10,9 +10,11 @@ Versioning and incrementality (see docs/rag.md):
   removed documents are deleted. A changed index config starts from an empty collection.
 * An unchanged corpus (same corpus hash and index config as the newest build) builds nothing.
 * Crash consistency: point ids are deterministic (uuid5 of doc id, chunk index and content hash),
-  so upserts are idempotent; the docstore of a version is persisted only after its upserts
-  returned; a resumed build first deletes points of documents its docstore does not know. A build
+  so upserts are idempotent; the docstore of a version is persisted only after its upserts are on
+  disk; a resumed build first deletes points of documents its docstore does not know. A build
   interrupted anywhere therefore finishes on the next run with exactly one copy of every chunk.
+* Concurrency: the version number is allocated, and an abandoned build taken over, under the index
+  lock; a build holds a lease on its version, renewed as it goes (:mod:`opsfabric.rag.versions`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from opsfabric.rag import keyword, store
+from opsfabric.rag import keyword, qdrant, versions
 from opsfabric.rag.corpus import LoadedCorpus, LoadedDocument, load_corpus
 from opsfabric.rag.errors import CorpusError
 from opsfabric.rag.guard import detect_injection
@@ -63,7 +65,8 @@ class IngestReport:
     copy_seconds: float = 0.0  # copying the base version's points into the new collection
     chunks_total: int = 0
     seconds: float = 0.0
-    needs_evaluation: bool = True  # False when the version was already judged (live or rejected)
+    needs_evaluation: bool = True  # False when the version was already judged (an unchanged corpus)
+    resumed_because: str = ""  # why an abandoned build was taken over (owner dead, lease expired)
 
     @property
     def chunks_per_second(self) -> float:
@@ -176,16 +179,24 @@ def reusable_vectors(client: Any, collection: str, doc_ids: list[str]) -> dict[s
         return {}
     found: dict[str, list[float]] = {}
     match = models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=doc_ids))])
-    for point in store.iter_points(client, collection, with_vectors=True, scroll_filter=match):
-        text = store.chunk_text(point.payload or {})
-        vector = point.vector.get(store.DENSE_VECTOR) if isinstance(point.vector, dict) else None
+    for point in qdrant.iter_points(client, collection, with_vectors=True, scroll_filter=match):
+        text = qdrant.chunk_text(point.payload or {})
+        vector = point.vector.get(qdrant.DENSE_VECTOR) if isinstance(point.vector, dict) else None
         if text is not None and vector is not None:
             found[text_key(text)] = vector
     return found
 
 
-def make_chunk_embedder(embed_model: Any, reusable: dict[str, list[float]], counts: dict[str, int]) -> Any:
-    """The pipeline's embedding step: reuse a vector when the exact chunk text has one, embed the rest."""
+# Chunks embedded between two lease renewals: ~13 s of MiniLM on 2 cores, well inside the lease.
+EMBED_SLICE = 256
+
+
+def make_chunk_embedder(embed_model: Any, reusable: dict[str, list[float]], counts: dict[str, int], heartbeat: Any = None) -> Any:
+    """The pipeline's embedding step: reuse a vector when the exact chunk text has one, embed the rest.
+
+    Args:
+        heartbeat: called between slices of :data:`EMBED_SLICE` chunks (the build renews its lease).
+    """
     from llama_index.core.schema import MetadataMode, TransformComponent
 
     class EmbedNewChunks(TransformComponent):
@@ -199,8 +210,10 @@ def make_chunk_embedder(embed_model: Any, reusable: dict[str, list[float]], coun
                     todo.append(node)
                 else:
                     node.embedding = vector
-            if todo:
-                embed_model(todo, **kwargs)
+            for start in range(0, len(todo), EMBED_SLICE):
+                embed_model(todo[start : start + EMBED_SLICE], **kwargs)
+                if heartbeat is not None:
+                    heartbeat()
             counts["embedded"] += len(todo)
             counts["reused"] += len(nodes) - len(todo)
             return nodes
@@ -241,14 +254,23 @@ def make_vector_store(config: RagConfig, client: Any, collection: str) -> Any:
 
     return TitledQdrantVectorStore(
         collection_name=collection, client=client, batch_size=config.rag.embedding.batch_size,
-        enable_hybrid=True, dense_vector_name=store.DENSE_VECTOR, sparse_vector_name=store.SPARSE_VECTOR,
+        enable_hybrid=True, dense_vector_name=qdrant.DENSE_VECTOR, sparse_vector_name=qdrant.SPARSE_VECTOR,
         sparse_doc_fn=encode_documents, sparse_query_fn=encode_queries,
     )
 
 
-def embedding_dimensions(config: RagConfig, embed_model: Any) -> int:
+def embedding_dimensions(config: RagConfig, embed_model: Any, client: Any = None, same_model: tuple[str | None, ...] = ()) -> int:
+    """The dense vector size: configured, else that of a collection built by the same model, else probed.
+
+    Args:
+        same_model: collections of this index lineage (same embedding model); reading their size
+            spares an incremental build a model call (a second or so on a loaded 2-core machine).
+    """
     if config.rag.embedding.dimensions:
         return config.rag.embedding.dimensions
+    for name in same_model:
+        if name and client is not None and client.collection_exists(name):
+            return client.get_collection(name).config.params.vectors[qdrant.DENSE_VECTOR].size
     return len(embed_model.get_text_embedding("dimension probe"))
 
 
@@ -265,7 +287,17 @@ def _persist_docstore(docstore: Any, path) -> None:
     os.replace(tmp, path)  # atomic: the docstore on disk is the old one or the new one, never half
 
 
-def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: Any, *, show_progress: bool = True) -> IngestReport:
+def ingest_corpus(config: RagConfig, embed_model: Any | None = None, *, show_progress: bool = True) -> IngestReport:
+    """Load the configured corpus (bad-document policy applied before any write) and build the next index version."""
+    from opsfabric.rag.embeddings import configured_embedding
+
+    corpus = load_configured_corpus(config)
+    return build_index_version(config, corpus, embed_model or configured_embedding(config), show_progress=show_progress)
+
+
+def build_index_version(
+    config: RagConfig, corpus: LoadedCorpus, embed_model: Any, *, show_progress: bool = True, lease_seconds: float | None = None
+) -> IngestReport:
     """Build (or resume, or skip) the index version for ``corpus``. Does not move the live alias.
 
     Args:
@@ -273,99 +305,98 @@ def build_index_version(config: RagConfig, corpus: LoadedCorpus, embed_model: An
         corpus: documents loaded by :func:`load_configured_corpus` (bad ones already reported).
         embed_model: from :func:`opsfabric.rag.embeddings.make_embedding`.
         show_progress: tqdm progress bars for chunking and embedding.
+        lease_seconds: how long the claim on the version lasts without renewal (default ``rag.ingest.lease_seconds``).
+
+    Raises:
+        BuildInProgressError: another run is building a version and its lease is live.
+        LeaseLostError: this build was too slow to renew its lease and another run took it over.
     """
+    started = time.perf_counter()
+    with versions.index_session(config, "build an index version") as client:
+        claim = versions.claim_build(config, client, corpus.corpus_hash, lease_seconds=lease_seconds)
+        if claim.kind == "unchanged":
+            base = claim.version
+            log.info("corpus %s unchanged since %s: nothing to embed", corpus.corpus_hash, base.collection)
+            return IngestReport(
+                "unchanged", base.collection, base.version, base.base_collection, corpus.corpus_hash, base.config_hash,
+                documents_seen=len(corpus.documents), documents_unchanged=len(corpus.documents), bad_documents=_bad(corpus),
+                chunks_total=client.count(base.collection, exact=True).count, seconds=time.perf_counter() - started,
+                needs_evaluation=not base.decision,
+            )
+        try:
+            return _build(config, client, claim, corpus, embed_model, show_progress, started)
+        except BaseException:
+            claim.lease.abandon()  # the next run resumes it at once instead of waiting for the lease to expire
+            raise
+
+
+def _bad(corpus: LoadedCorpus) -> list[dict]:
+    return [{"path": b.path, "reason": b.reason} for b in corpus.bad_documents]
+
+
+def _build(config: RagConfig, client: Any, claim: versions.BuildClaim, corpus: LoadedCorpus, embed_model: Any, show_progress: bool, started: float) -> IngestReport:
+    """Write the claimed version: copy its base, drop orphans, ingest the diff, persist its docstore, mark it built."""
     from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
     from qdrant_client import models
 
-    started = time.perf_counter()
-    client = store.open_qdrant(config)
-    registry = store.VersionRegistry.load(config)
-    config_hash = config.index_config_hash()
-    corpus_hash = corpus.corpus_hash
-    resuming = registry.unfinished(config_hash)
-    base = registry.latest_complete(config_hash)
-    if base is not None and not client.collection_exists(base.collection):
-        base = None  # deleted by hand: rebuild from scratch
-    common = dict(corpus_hash=corpus_hash, config_hash=config_hash, documents_seen=len(corpus.documents))
-    bad = [{"path": b.path, "reason": b.reason} for b in corpus.bad_documents]
-
-    if resuming is None and base is not None and base.corpus_hash == corpus_hash:
-        total = client.count(base.collection, exact=True).count
-        log.info("corpus %s unchanged since %s: nothing to embed", corpus_hash, base.collection)
-        return IngestReport(
-            "unchanged", base.collection, base.version, base.base_collection, documents_unchanged=len(corpus.documents),
-            bad_documents=bad, chunks_total=total, seconds=time.perf_counter() - started, **common,
-        )
-
-    if resuming is not None:
-        version = resuming
-        log.warning("resuming interrupted build %s", version.collection)
-    else:
-        number = registry.next_version()
-        version = store.IndexVersion(
-            number, store.collection_name(config, number), "building", config_hash, config.index_config(),
-            base_collection=base.collection if base else None,
-        )
-        registry.versions.append(version)
-        registry.save()
-    may_hold_orphans = resuming is not None or client.collection_exists(version.collection)
-    store.ensure_collection(client, version.collection, embedding_dimensions(config, embed_model))
+    version, lease = claim.version, claim.lease
+    resuming = claim.kind == "resume"
+    may_hold_orphans = resuming or client.collection_exists(version.collection)
+    if not client.collection_exists(version.collection):
+        dimensions = embedding_dimensions(config, embed_model, client, (version.base_collection,))
+        qdrant.ensure_collection(client, version.collection, dimensions)
     copied, copy_started = 0, time.perf_counter()
     if version.base_collection and not version.copied_from_base:
-        copied = store.copy_points(client, version.base_collection, version.collection)
-        version.copied_from_base = True
-        registry.save()
+        with qdrant.bulk_writes(client, version.collection):
+            copied = qdrant.copy_points(client, version.base_collection, version.collection, on_batch=lease.renew)
+        lease.mark_copied()  # only once the copy is on disk: a resume then skips it
     copy_seconds = time.perf_counter() - copy_started
 
-    own_docstore = store.docstore_path(config, version.collection)
-    base_docstore = store.docstore_path(config, version.base_collection) if version.base_collection else None
+    own_docstore = versions.docstore_path(config, version.collection)
+    base_docstore = versions.docstore_path(config, version.base_collection) if version.base_collection else None
     docstore = _load_docstore(own_docstore if own_docstore.exists() or base_docstore is None else base_docstore)
     known = {doc_id for doc_id in docstore.get_all_document_hashes().values()}
-
-    # Points of documents the docstore does not know were written by an interrupted run: drop them.
-    # Only a resumed build (or a collection left without a registry entry) can hold such points.
-    present = {payload.get("doc_id") for _, payload in store.scroll_payloads(client, version.collection)} if may_hold_orphans else set()
-    orphans = sorted(d for d in present - known if d)
-    if orphans:
-        client.delete(version.collection, models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=orphans))]), wait=True)
-        log.warning("deleted chunks of %d document(s) left by an interrupted build: %s", len(orphans), orphans[:5])
-
-    vector_store = make_vector_store(config, client, version.collection)
     documents = [to_llama_document(d) for d in corpus.documents]
     added = [d.id_ for d in documents if docstore.get_document_hash(d.id_) is None]
     changed = [d.id_ for d in documents if docstore.get_document_hash(d.id_) not in (None, d.hash)]
     # A bad document keeps its last good chunks: it is neither re-ingested nor removed.
     removed = sorted(known - {d.id_ for d in documents} - {b.path for b in corpus.bad_documents})
-    for doc_id in removed:
-        vector_store.delete(doc_id)
-        docstore.delete_document(doc_id, raise_error=False)
-
     counts = {"embedded": 0, "reused": 0}
-    reusable = reusable_vectors(client, version.collection, changed)
-    pipeline = IngestionPipeline(
-        transformations=[make_splitter(config), make_chunk_stamper(_now()), make_chunk_embedder(embed_model, reusable, counts)],
-        vector_store=vector_store,
-        docstore=docstore,
-        docstore_strategy=DocstoreStrategy.UPSERTS,
-        disable_cache=True,
-    )
-    pipeline.run(documents=documents, show_progress=show_progress, store_doc_text=False)
-    _persist_docstore(docstore, own_docstore)  # only after the upserts returned
+
+    with qdrant.bulk_writes(client, version.collection):
+        # Points of documents the docstore does not know were written by an interrupted run: drop them.
+        # Only a resumed build (or a collection left without a registry entry) can hold such points.
+        present = {payload.get("doc_id") for _, payload in qdrant.scroll_payloads(client, version.collection)} if may_hold_orphans else set()
+        orphans = sorted(d for d in present - known if d)
+        if orphans:
+            client.delete(version.collection, models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=orphans))]), wait=True)
+            log.warning("deleted chunks of %d document(s) left by an interrupted build: %s", len(orphans), orphans[:5])
+        vector_store = make_vector_store(config, client, version.collection)
+        for doc_id in removed:
+            vector_store.delete(doc_id)
+            docstore.delete_document(doc_id, raise_error=False)
+        reusable = reusable_vectors(client, version.collection, changed)
+        pipeline = IngestionPipeline(
+            transformations=[make_splitter(config), make_chunk_stamper(_now()), make_chunk_embedder(embed_model, reusable, counts, heartbeat=lease.renew)],
+            vector_store=vector_store,
+            docstore=docstore,
+            docstore_strategy=DocstoreStrategy.UPSERTS,
+            disable_cache=True,
+        )
+        pipeline.run(documents=documents, show_progress=show_progress, store_doc_text=False)
+    _persist_docstore(docstore, own_docstore)  # only after the upserts are on disk
 
     ingested = set(added) | set(changed)
-    version.status = "built"
-    version.corpus_hash = corpus_hash
-    version.built_at = _now()
     report = IngestReport(
-        "resumed" if resuming else "built", version.collection, version.version, version.base_collection,
-        documents_added=added, documents_changed=changed, documents_removed=removed,
-        documents_unchanged=len(documents) - len(added) - len(changed), bad_documents=bad,
+        "resumed" if resuming else "built", version.collection, version.version, version.base_collection, corpus.corpus_hash, version.config_hash,
+        documents_seen=len(corpus.documents), documents_added=added, documents_changed=changed, documents_removed=removed,
+        documents_unchanged=len(documents) - len(added) - len(changed), bad_documents=_bad(corpus),
         injection_flagged=[d.doc_id for d in corpus.documents if d.doc_id in ingested and detect_injection(d.text)],
         chunks_embedded=counts["embedded"], chunks_reused=counts["reused"], chunks_copied=copied, orphans_deleted=len(orphans), copy_seconds=copy_seconds,
-        chunks_total=client.count(version.collection, exact=True).count, seconds=time.perf_counter() - started, **common,
+        chunks_total=client.count(version.collection, exact=True).count, resumed_because=claim.reason,
     )
-    version.stats = report.summary()
-    registry.save()
+    report.seconds = time.perf_counter() - started
+    lease.finish(corpus.corpus_hash, report.summary())
     return report
 
 

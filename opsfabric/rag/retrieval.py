@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsfabric.rag import keyword, store
+from opsfabric.rag import keyword, qdrant
 from opsfabric.rag.settings import RetrievalParams
 
 
@@ -32,7 +32,7 @@ class Chunk:
 
 
 def chunk_from_payload(point_id: str, payload: dict, score: float = 0.0) -> Chunk:
-    text = store.chunk_text(payload) or ""
+    text = qdrant.chunk_text(payload) or ""
     return Chunk(str(point_id), payload.get("doc_id", ""), payload.get("title", ""), int(payload.get("chunk_index", 0)), text, score)
 
 
@@ -41,11 +41,11 @@ class Retriever:
 
     def __init__(self, client: Any, collection: str, embed_model: Any, params: RetrievalParams):
         self.client, self.embed_model, self.params = client, embed_model, params
-        self.collection = store.resolve_collection(client, collection)
+        self.collection = qdrant.resolve_collection(client, collection)
 
     def dense(self, query: str, k: int) -> list[Chunk]:
         vector = self.embed_model.get_query_embedding(query)
-        hits = self.client.query_points(self.collection, query=vector, using=store.DENSE_VECTOR, limit=k, with_payload=True).points
+        hits = self.client.query_points(self.collection, query=vector, using=qdrant.DENSE_VECTOR, limit=k, with_payload=True).points
         return [_chunk(hit, "dense", rank) for rank, hit in enumerate(hits, start=1)]
 
     def bm25(self, query: str, k: int) -> list[Chunk]:
@@ -55,7 +55,7 @@ class Retriever:
         if not indices:  # only stopwords or punctuation: no keyword evidence
             return []
         sparse = models.SparseVector(indices=indices, values=values)
-        hits = self.client.query_points(self.collection, query=sparse, using=store.SPARSE_VECTOR, limit=k, with_payload=True).points
+        hits = self.client.query_points(self.collection, query=sparse, using=qdrant.SPARSE_VECTOR, limit=k, with_payload=True).points
         return [_chunk(hit, "bm25", rank) for rank, hit in enumerate(hits, start=1) if hit.score > 0]
 
     def hybrid(self, query: str, k: int) -> list[Chunk]:
@@ -85,6 +85,6 @@ def _chunk(hit: Any, mode: str, rank: int) -> Chunk:
 
 def all_chunks(client: Any, collection: str) -> list[Chunk]:
     """Every chunk of a collection (or alias), in document order. Evaluation only: it reads the whole collection."""
-    collection = store.resolve_collection(client, collection)
-    chunks = [chunk_from_payload(pid, payload) for pid, payload in store.scroll_payloads(client, collection)]
+    collection = qdrant.resolve_collection(client, collection)
+    chunks = [chunk_from_payload(pid, payload) for pid, payload in qdrant.scroll_payloads(client, collection)]
     return sorted(chunks, key=lambda c: (c.doc_id, c.chunk_index))

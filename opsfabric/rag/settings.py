@@ -92,6 +92,18 @@ class IngestParams(_Section):
     on_bad_document: Literal["skip", "fail"] = Field(
         default="skip", description="skip: report and ingest the rest; fail: stop before writing anything."
     )
+    lease_seconds: float = Field(
+        default=120.0, gt=0, description="A build's claim on its version lasts this long unless renewed; then another run may take it over."
+    )
+    lease_renew_seconds: float = Field(default=20.0, gt=0, description="A running build renews its lease at most this often.")
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> "IngestParams":
+        if self.lease_renew_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"rag.ingest.lease_renew_seconds ({self.lease_renew_seconds}) must be < lease_seconds ({self.lease_seconds})"
+            )
+        return self
 
 
 class ChunkingParams(_Section):
@@ -151,6 +163,9 @@ class GateParams(_Section):
     )
     max_regression: float = Field(
         default=0.02, ge=0, description="The candidate may trail the live version by at most this (same golden set)."
+    )
+    stale_attempts: int = Field(
+        default=2, ge=1, description="Verdicts tried when the live alias moves during an evaluation; the last stale one is an error."
     )
 
 

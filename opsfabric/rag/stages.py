@@ -1,6 +1,6 @@
 """DVC stage entry points: ``python -m opsfabric.rag.stages golden|ingest|evaluate``.
 
-Same step functions as the Prefect flows (``opsfabric.rag.steps``). Output locations are the
+Same functions as the Prefect flows (``opsfabric.rag.ingest``, ``.promotion``, ``.records``). Output locations are the
 module constants below, named once here and in ``dvc.yaml``. The index itself lives in
 Qdrant (state folder or server), outside DVC; ``INDEX_VERSION`` records which version a stage built
 so the evaluate stage depends on it. Moving the live alias is the Prefect flow's job (a decision over
@@ -25,18 +25,22 @@ DVC_TAG = {"opsfabric.source": "dvc"}  # on the MLflow runs a DVC stage logs
 
 
 def stage_golden(settings) -> None:
-    from opsfabric.rag import steps
+    from opsfabric.rag.golden import prepare_golden_set, read_golden_source
+    from opsfabric.rag.ingest import load_configured_corpus
+    from opsfabric.rag.settings import RagConfig
 
-    out = steps.prepare_golden(steps.rag_config(settings))
+    config = RagConfig(settings)
+    out = prepare_golden_set(read_golden_source(config.golden_source), load_configured_corpus(config), config.golden_source, config.golden_prepared)
     print(f"golden set validated against the corpus: {out}")
 
 
 def stage_ingest(settings) -> None:
-    from opsfabric.rag import steps
+    from opsfabric.rag import ingest, records
+    from opsfabric.rag.settings import RagConfig
 
-    config = steps.rag_config(settings)
-    report = steps.ingest_corpus(config)
-    steps.log_index_version(config, report, steps.rag_lineage(config, report.corpus_hash), extra_tags=DVC_TAG)
+    config = RagConfig(settings)
+    report = ingest.ingest_corpus(config)
+    records.log_index_version(config, report, records.rag_lineage(config, report.corpus_hash), extra_tags=DVC_TAG)
     # Stable content only (no timings): the output changes iff the index version changes.
     write_json(settings.path(INDEX_VERSION), {"collection": report.collection, "corpus_hash": report.corpus_hash, "config_hash": report.config_hash})
     write_json(settings.path(INGEST_METRICS), {k: v for k, v in report.summary().items() if k != "seconds"})
@@ -44,17 +48,19 @@ def stage_ingest(settings) -> None:
 
 
 def stage_evaluate(settings) -> None:
-    from opsfabric.rag import steps
+    from opsfabric.rag import promotion, records
+    from opsfabric.rag.settings import RagConfig
 
-    config = steps.rag_config(settings)
+    config = RagConfig(settings)
     built = json.loads(settings.path(INDEX_VERSION).read_text())
-    outcome = steps.evaluate_and_gate(config, built["collection"], apply=False)
-    steps.log_evaluation(config, outcome, steps.rag_lineage(config, built["corpus_hash"]), None, extra_tags=DVC_TAG)
+    verdict = promotion.judge_version(config, built["collection"])  # decided, not applied: the alias is the flows' job
+    with records.evaluation_run(config, built["collection"], records.rag_lineage(config, built["corpus_hash"]), extra_tags=DVC_TAG) as run:
+        run.log_verdict(verdict)
     # Timings vary run to run and stay in MLflow; the DVC output holds what the index and config decide.
-    steps.write_table_csv([{k: v for k, v in row.items() if k != "latency_ms"} for row in outcome.candidate.table()], settings.path(EVAL_TABLE))
-    scores = {k: round(v, 6) for k, v in outcome.candidate.aggregates.items() if k not in {"latency_ms"}}
-    write_json(settings.path(EVAL_METRICS), {**scores, "gate_approved": outcome.decision.approved, "compared_with_live": outcome.live.collection if outcome.live else None})
-    print(json.dumps(outcome.summary(), indent=2, default=str))
+    records.write_table_csv([{k: v for k, v in row.items() if k != "latency_ms"} for row in verdict.candidate.table()], settings.path(EVAL_TABLE))
+    scores = {k: round(v, 6) for k, v in verdict.candidate.aggregates.items() if k not in {"latency_ms"}}
+    write_json(settings.path(EVAL_METRICS), {**scores, "gate_approved": verdict.decision.approved, "compared_with_live": verdict.live.collection if verdict.live else None})
+    print(json.dumps({"decision": verdict.decision.to_dict(), "scores": scores}, indent=2, default=str))
 
 
 STAGES = {"golden": stage_golden, "ingest": stage_ingest, "evaluate": stage_evaluate}

@@ -36,7 +36,7 @@ def ml_overlay(tmp_path: Path, churn_dir: Path):
             "ml": {"train": {"model": {"hyperparameters": {"n_estimators": 60}}}},
         }
         base = yaml.safe_load((Path(__file__).parents[2] / "configs/base.yaml").read_text())["dataset"]
-        base.update(reference=str(data_dir / "reference.parquet"), batches=[str(data_dir / f"{n}.parquet") for n in names])
+        base.update(data_dir=str(data_dir), reference=str(data_dir / "reference.parquet"), batches=[str(data_dir / f"{n}.parquet") for n in names])
         overlay["dataset"] = base
         for key, value in (extra or {}).items():
             overlay[key] = value

@@ -42,6 +42,7 @@ def pipeline_run(prefect_api, churn_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     base = yaml.safe_load((Path(__file__).parents[2] / "configs/base.yaml").read_text())["dataset"]
     base.update(
+        data_dir=str(churn_dir),
         reference=str(churn_dir / "reference.parquet"),
         batches=[str(churn_dir / f"batch_0{i}.parquet") for i in range(1, 5)],
     )
@@ -66,6 +67,14 @@ def test_pipeline_registers_a_champion_with_lineage(pipeline_run):
     assert len(tags["dvc.md5.reference"]) == 32
     artifacts = {a.path for a in client.list_artifacts(first.run_id, "data")}
     assert "data/eval_set.parquet" in artifacts
+    # Lineage the MLflow way: train and eval rows as dataset inputs, each with the file's DVC md5.
+    inputs = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"reference-train", "reference-evaluation"}
+    assert {i["dvc.md5"] for i in inputs.values()} == {tags["dvc.md5.reference"]}
+    assert inputs["reference-evaluation"]["mlflow.data.context"] == "evaluation"
+    # The decision threshold is recorded with the model: a run param and a version tag.
+    assert run.data.params["decision_threshold"] == "0.5" and first.tags["decision_threshold"] == "0.5"
+    assert first.tags["gate.decision"] == "promoted" and run.data.tags["gate.version"] == "1"
     model_info = mlflow.models.get_model_info(f"models:/{settings.ml.registered_model}/1")
     assert model_info.signature is not None and "contract" in str(model_info.signature.inputs)
 
@@ -82,7 +91,10 @@ def test_pipeline_monitors_every_batch_and_retrains_through_the_gate(pipeline_ru
     assert retrains and any(r["promoted"] for r in retrains)
     for m in result["monitor"]:
         run = client.get_run(m["mlflow_run_id"])
-        assert "drift_share" in run.data.metrics
+        assert run.data.metrics["drift_share"] == pytest.approx(m["drift_share"])
+        monitored = {i.dataset.name: {t.key: t.value for t in i.tags} for i in run.inputs.dataset_inputs}
+        assert monitored[m["batch"]]["mlflow.data.context"] == "monitoring"
+        assert monitored[m["batch"]]["dvc.md5"] == run.data.tags[f"dvc.md5.{m['batch']}"]
         logged = {a.path for a in client.list_artifacts(m["mlflow_run_id"], "evidently")}
         assert f"evidently/{m['batch']}.html" in logged
         assert Path(m["report_html"]).read_text().count("<html") >= 1
@@ -90,14 +102,26 @@ def test_pipeline_monitors_every_batch_and_retrains_through_the_gate(pipeline_ru
     promoted = [r for r in retrains if r["promoted"]][-1]
     assert champion == promoted["version"]
     for version in versions:
-        assert client.get_model_version(settings.ml.registered_model, version).tags["gate.decision"] in {"promoted", "rejected"}
+        tags = client.get_model_version(settings.ml.registered_model, version).tags
+        assert tags["gate.decision"] in {"promoted", "rejected"}, (version, tags["gate.decision"])
+    # every monitored batch names the champion that was live when it was monitored
+    assert by_batch["batch_04"]["champion_version"] == champion
 
 
-def test_pipeline_scores_the_last_batch_with_the_champion(pipeline_run):
-    _, result = pipeline_run
+def test_pipeline_scores_the_last_batch_with_the_champion(pipeline_run, churn_dir):
+    from opsfabric.ml.champion import load_champion
+    from opsfabric.ml.contract import load_contract
+    from opsfabric.ml.model import positive_scores
+
+    config_files, result = pipeline_run
+    settings = load_settings(*config_files)
+    champion = load_champion(settings)
     scored = pd.read_parquet(result["scored"])
-    assert {"prediction_proba", "prediction"} <= set(scored.columns)
-    assert scored["prediction_proba"].between(0, 1).all() and len(scored) == 900
+    batch = pd.read_parquet(churn_dir / "batch_04.parquet")
+    expected = positive_scores(champion.model, batch, load_contract(settings).spec)
+    assert np.allclose(scored["prediction_proba"].to_numpy(), expected)
+    assert (scored["prediction"] == (scored["prediction_proba"] >= champion.decision_threshold).astype(int)).all()
+    assert len(scored) == len(batch) and scored["prediction"].nunique() == 2
 
 
 def test_champion_serves_with_mlflow_models_serve(pipeline_run, churn_dir):
@@ -247,14 +271,14 @@ def test_registration_failure_rolls_back_and_a_transient_one_is_retried(trained_
 
 def test_training_failure_registers_nothing_and_marks_the_run_failed(prefect_api, ml_overlay, monkeypatch):
     from flows.train import train_flow
-    from opsfabric.ml import training
+    from opsfabric.ml import model
 
     config_files = ml_overlay()
 
     def broken_fit(*args, **kwargs):
         raise MemoryError("out of memory halfway through boosting")
 
-    monkeypatch.setattr(training, "fit_model", broken_fit)
+    monkeypatch.setattr(model, "fit_model", broken_fit)
     with pytest.raises(MemoryError):
         train_flow(config_files)
     settings, client, versions, champion = _registry(config_files)
@@ -277,6 +301,7 @@ def test_second_dataset_by_configuration_alone(prefect_api, tmp_path):
                 "state_dir": str(tmp_path / "state"),
                 "dataset": {
                     **yaml.safe_load(Path("configs/datasets/breast_cancer.yaml").read_text())["dataset"],
+                    "data_dir": str(data_dir),
                     "reference": str(data_dir / "reference.csv"),
                     "batches": [str(data_dir / "batch_01.csv")],
                 },
@@ -287,4 +312,5 @@ def test_second_dataset_by_configuration_alone(prefect_api, tmp_path):
     result = train_flow(config_files)
     assert result["promoted"] and result["candidate_score"] > 0.95
     monitored = monitor_flow("batch_01", config_files, retrain_on_drift=False)
-    assert monitored["champion_version"] == "1" and 0 <= monitored["drift_share"] <= 1
+    # batch_01 is a random 30% of the same data: no drift, no performance drop
+    assert monitored["champion_version"] == "1" and monitored["drift_share"] < 0.3 and not monitored["retrain"], monitored["reasons"]

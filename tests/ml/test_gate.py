@@ -37,17 +37,17 @@ def test_nan_never_promotes():
 
 def test_retrain_on_data_drift_or_performance_drop():
     policy = DriftParams(drift_share_threshold=0.3, performance_drop_threshold=0.03)
-    quiet = DriftSummary(0.1, ["age"], False, "roc_auc", 0.80, 0.79)
+    quiet = DriftSummary(0.1, ["age"], "roc_auc", 0.80, 0.79)
     assert not should_retrain(quiet, policy).approved
-    drifted = DriftSummary(0.4, ["age", "contract"], False, "roc_auc", 0.80, 0.79)
+    drifted = DriftSummary(0.4, ["age", "contract"], "roc_auc", 0.80, 0.79)
     decision = should_retrain(drifted, policy)
     assert decision.approved and "age, contract" in decision.reasons[0]
-    dropped = DriftSummary(0.0, [], False, "roc_auc", 0.80, 0.70)
+    dropped = DriftSummary(0.0, [], "roc_auc", 0.80, 0.70)
     decision = should_retrain(dropped, policy)
     assert decision.approved and "performance drop" in decision.reasons[0]
 
 
 def test_unlabelled_batch_says_performance_not_checked():
     policy = DriftParams()
-    decision = should_retrain(DriftSummary(0.0, [], False, "roc_auc"), policy)
+    decision = should_retrain(DriftSummary(0.0, [], "roc_auc"), policy)
     assert not decision.approved and any("not checked" in r for r in decision.reasons)

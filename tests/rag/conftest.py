@@ -57,8 +57,8 @@ def tiny_golden(path: Path, docs: list[str] = TINY_DOCS) -> Path:
 def rag_overrides(tmp_path: Path, tiny_corpus: Path):
     """Factory for the ``rag`` overrides of a test: tiny corpus, tmp golden files, small chunks."""
 
-    def factory(**extra) -> dict:
-        golden = tiny_golden(tmp_path / "golden.jsonl")
+    def factory(golden_docs: list[str] = TINY_DOCS, **extra) -> dict:
+        golden = tiny_golden(tmp_path / "golden.jsonl", golden_docs)
         rag = {
             "corpus": {"path": str(tiny_corpus)},
             "golden": {"source": str(golden), "prepared": str(tmp_path / "prepared" / "golden.parquet")},
@@ -100,10 +100,6 @@ def overlay_file(tmp_path: Path, rag_overrides):
 
 def _close_all_clients() -> None:
     """Release every local Qdrant folder this test opened (the next test uses other folders)."""
-    from opsfabric.rag import store
+    from opsfabric.rag import qdrant
 
-    with store._CLIENTS_LOCK:
-        clients = list(store._CLIENTS.items())
-        store._CLIENTS.clear()
-    for _, client in clients:
-        client.close()
+    qdrant.close_all_clients()

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from opsfabric.rag import ingest, steps, store
+from opsfabric.rag import ingest, operations, promotion, qdrant, versions
 from opsfabric.rag.answer import EXTRACTIVE_NOTE, ExtractiveAnswerer, LLMAnswerer, PromptTemplate
+from opsfabric.rag.embeddings import configured_embedding
 from opsfabric.rag.errors import IndexVersionError
 from opsfabric.rag.retrieval import Retriever
 from opsfabric.rag.settings import AnswerParams, LLMSettings
@@ -24,7 +25,7 @@ INJECTION_DOC = "notes/ops_runbook_injection_sample.md"
 def indexed(make_rag_config, embedder):
     config = make_rag_config()
     report = ingest.build_index_version(config, ingest.load_configured_corpus(config), embedder, show_progress=False)
-    return config, Retriever(store.open_qdrant(config), report.collection, embedder, config.rag.retrieval), report
+    return config, Retriever(qdrant.open_client(config), report.collection, embedder, config.rag.retrieval), report
 
 
 def test_extractive_answer_copies_cited_sentences_and_says_it_is_extractive(indexed, embedder):
@@ -124,33 +125,47 @@ def test_llm_answerer_sends_the_versioned_prompt_and_accounts_tokens_and_cost(in
 
 def test_alias_moves_only_through_the_gate_and_rollback_is_one_call(make_rag_config, embedder, tiny_corpus: Path):
     config = make_rag_config()
-    v1 = steps.ingest_corpus(config, embedder, show_progress=False)
-    first = steps.evaluate_and_gate(config, v1.collection, embedder)
+    v1 = ingest.ingest_corpus(config, embedder, show_progress=False)
+    first = promotion.gate_version(config, v1.collection, embedder)
     assert first.promoted and first.live_collection == v1.collection
 
     (tiny_corpus / "extra.md").write_text("# Extra\n\nA short added page about index rotation windows.\n")
-    v2 = steps.ingest_corpus(config, embedder, show_progress=False)
+    v2 = ingest.ingest_corpus(config, embedder, show_progress=False)
     strict = make_rag_config(gate={"thresholds": {"mrr": 1.01}})
-    rejected = steps.evaluate_and_gate(strict, v2.collection, embedder)
+    rejected = promotion.gate_version(strict, v2.collection, embedder)
     assert not rejected.decision.approved and not rejected.promoted
     assert any(r.startswith("mrr=") and r.endswith("is below the threshold 1.01") for r in rejected.decision.reasons)
     assert rejected.live_collection == v1.collection
-    assert store.VersionRegistry.load(config).get(v2.collection).status == "rejected"
+    assert versions.VersionRegistry.load(config).get(v2.collection).status == "rejected"
     # the candidate was compared with the live version on the same golden set in the same run
-    assert rejected.live is not None and rejected.live.collection == v1.collection
-    assert [r["id"] for r in rejected.live.rows] == [r["id"] for r in rejected.candidate.rows]
+    assert rejected.verdict.live is not None and rejected.verdict.live.collection == v1.collection
+    assert [r["id"] for r in rejected.verdict.live.rows] == [r["id"] for r in rejected.verdict.candidate.rows]
 
     (tiny_corpus / "extra.md").write_text("# Extra\n\nA short added page, edited.\n")
-    v3 = steps.ingest_corpus(config, embedder, show_progress=False)
-    passed = steps.evaluate_and_gate(config, v3.collection, embedder)
+    v3 = ingest.ingest_corpus(config, embedder, show_progress=False)
+    passed = promotion.gate_version(config, v3.collection, embedder)
     assert passed.promoted and passed.live_collection == v3.collection
 
-    rolled = steps.rollback_index(config)
+    rolled = operations.rollback_index(config)
     assert rolled == {"alias": "docs-live", "from": v3.collection, "to": v1.collection}
-    assert store.live_collection(store.open_qdrant(config), "docs-live") == v1.collection
+    assert qdrant.alias_target(qdrant.open_client(config), "docs-live") == v1.collection
     with pytest.raises(IndexVersionError, match="no earlier live version"):
-        steps.rollback_index(config)
-    assert steps.answer_question(config, "Is libffi thread-safe?", embedder).citations  # readers use the alias
+        operations.rollback_index(config)
+    assert operations.answer_question(config, "Is libffi thread-safe?", embedder).citations  # readers use the alias
+
+
+def test_an_unchanged_corpus_after_a_rollback_does_not_undo_it(make_rag_config, embedder, tiny_corpus: Path):
+    config = make_rag_config(golden_docs=["libffi/Thread-Safety.html", "libffi/Memory-Usage.html"])
+    v1 = ingest.ingest_corpus(config, embedder, show_progress=False)
+    promotion.gate_version(config, v1.collection, embedder)
+    (tiny_corpus / "extra.md").write_text("# Extra\n\nA short page about index rotation windows.\n")
+    v2 = ingest.ingest_corpus(config, embedder, show_progress=False)
+    assert promotion.gate_version(config, v2.collection, embedder).promoted
+    operations.rollback_index(config)
+    again = ingest.ingest_corpus(config, embedder, show_progress=False)
+    # the newest build was already judged: the nightly pipeline must not evaluate and re-promote it
+    assert again.status == "unchanged" and again.collection == v2.collection and not again.needs_evaluation
+    assert qdrant.alias_target(qdrant.open_client(config), "docs-live") == v1.collection
 
 
 class _EmbeddingsEndpoint(BaseHTTPRequestHandler):
@@ -194,13 +209,13 @@ def test_openai_compatible_embedding_backend_ingests_and_reports_endpoint_errors
     try:
         url = f"http://127.0.0.1:{server.server_port}/v1"
         config = make_rag_config(embedding={"backend": "openai", "base_url": url, "model": "text-embedding-test", "batch_size": 16})
-        model = steps.embedding_model(config)
+        model = configured_embedding(config)
         report = ingest.build_index_version(config, ingest.load_configured_corpus(config), model, show_progress=False)
         assert report.status == "built" and report.chunks_total > 10
         assert {c["model"] for c in _EmbeddingsEndpoint.calls} == {"text-embedding-test"}
         assert max(len(c["input"]) for c in _EmbeddingsEndpoint.calls) <= 16
-        info = store.open_qdrant(config).get_collection(report.collection)
-        assert info.config.params.vectors[store.DENSE_VECTOR].size == 8
+        info = qdrant.open_client(config).get_collection(report.collection)
+        assert info.config.params.vectors[qdrant.DENSE_VECTOR].size == 8
         first = _EmbeddingsEndpoint.calls[-1]["input"][0]
         assert model.get_text_embedding(first) == model.get_text_embedding_batch([first, "other"])[0]  # order restored
         assert config.index_config()["embedding"] == {"backend": "openai", "model": "text-embedding-test"}

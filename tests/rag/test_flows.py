@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from opsfabric import tracking
-from opsfabric.rag import store
+from opsfabric.rag import qdrant, versions
 from opsfabric.rag.settings import RagConfig
 from opsfabric.settings import load_settings
 
@@ -44,7 +44,13 @@ def test_pipeline_promotes_then_rerun_embeds_nothing_then_rollback(prefect_api, 
     assert "eval_mrr" in index_run.data.metrics and "eval_context_recall" in index_run.data.metrics
     assert {"hit_at_5", "mrr", "ndcg_at_5", "context_precision", "rouge_l", "bleu"} <= set(eval_runs[0].data.metrics)
     artifacts = {a.path for a in client.list_artifacts(eval_runs[0].info.run_id, "eval")}
-    assert {"eval/per_question.csv", "eval/decision.json"} <= artifacts
+    assert {"eval/per_question.json", "eval/decision.json", "eval/outcome.json"} <= artifacts
+    table = client.load_table(tracking.experiment_id(settings, "rag-eval"), artifact_file="eval/per_question.json", run_ids=[eval_runs[0].info.run_id])
+    assert len(table) == len(Path(config_files[0]).parent.joinpath("golden.jsonl").read_text().splitlines()) and "mrr" in table.columns
+    # registry, alias and MLflow agree: the live version links the index run and the eval run that put it live
+    live = versions.VersionRegistry.load(RagConfig(settings)).get("docs-v0001")
+    assert live.status == "live" and live.mlflow_run_id == index_run.info.run_id and live.eval_run_id == eval_runs[0].info.run_id
+    assert eval_runs[0].data.tags["rag.gate.outcome"] == "promoted" and eval_runs[0].data.metrics["gate_promoted"] == 1.0
     assert "documents seen" in _artifact("rag-ingest").data
     assert _artifact("rag-eval-per-question") is not None
 
@@ -61,4 +67,4 @@ def test_pipeline_promotes_then_rerun_embeds_nothing_then_rollback(prefect_api, 
     assert gated["approved"] and gated["live_collection"] == "docs-v0002", gated["reasons"]
     assert rag_rollback_flow(config_files) == {"alias": "docs-live", "from": "docs-v0002", "to": "docs-v0001"}
     config = RagConfig(settings)
-    assert store.live_collection(store.open_qdrant(config), "docs-live") == "docs-v0001"
+    assert qdrant.alias_target(qdrant.open_client(config), "docs-live") == "docs-v0001"

@@ -9,47 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from opsfabric.rag import ingest, store
+from opsfabric.rag import ingest, qdrant, versions
 from opsfabric.rag.errors import CorpusError
 from opsfabric.settings import PROJECT_ROOT
+from tests.rag.index_checks import assert_one_copy_per_chunk, assert_resumes_to_a_fresh_build, build, fresh_build_ids, points
 
 pytestmark = pytest.mark.flows
-
-
-def build(config, embedder):
-    return ingest.build_index_version(config, ingest.load_configured_corpus(config), embedder, show_progress=False)
-
-
-def points(config, collection: str) -> dict[str, tuple[str, int, str]]:
-    """point id -> (doc id, chunk index, content hash) of every point in the collection."""
-    client = store.open_qdrant(config)
-    return {pid: (p["doc_id"], p["chunk_index"], p["content_hash"]) for pid, p in store.scroll_payloads(client, collection)}
-
-
-def assert_one_copy_per_chunk(config, collection: str) -> None:
-    found = points(config, collection)
-    keys = [(doc, index) for doc, index, _ in found.values()]
-    assert len(keys) == len(set(keys)), "a chunk is stored twice"
-    assert store.open_qdrant(config).count(collection, exact=True).count == len(found)
-
-
-def assert_resumes_to_a_fresh_build(config, embedder, make_rag_config, interrupted: str) -> None:
-    """The next build resumes ``interrupted`` and ends with one copy of every chunk, as a fresh build would."""
-    resumed = build(config, embedder)
-    assert resumed.status == "resumed" and resumed.collection == interrupted
-    assert_one_copy_per_chunk(config, resumed.collection)
-    ids = set(points(config, resumed.collection))
-    store.close_qdrant(config)
-    assert ids == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
-
-
-def fresh_build_ids(make_rag_config, embedder, state: str) -> dict:
-    """Point ids of a from-scratch build of the current corpus in a separate state folder."""
-    config = make_rag_config(state)
-    report = build(config, embedder)
-    ids = points(config, report.collection)
-    store.close_qdrant(config)
-    return ids
 
 
 def test_rerun_on_unchanged_corpus_embeds_nothing(make_rag_config, embedder):
@@ -59,8 +24,8 @@ def test_rerun_on_unchanged_corpus_embeds_nothing(make_rag_config, embedder):
     assert sorted(first.documents_added) == sorted(d.doc_id for d in ingest.load_configured_corpus(config).documents)
     second = build(config, embedder)
     assert second.status == "unchanged" and second.chunks_embedded == 0 and second.collection == first.collection
-    assert [v.collection for v in store.VersionRegistry.load(config).versions] == [first.collection]
-    payload = next(iter(store.scroll_payloads(store.open_qdrant(config), first.collection)))[1]
+    assert [v.collection for v in versions.VersionRegistry.load(config).versions] == [first.collection]
+    payload = next(iter(qdrant.scroll_payloads(qdrant.open_client(config), first.collection)))[1]
     assert {"source_path", "title", "content_hash", "ingested_at", "pipeline_version", "chunk_index"} <= set(payload)
 
 
@@ -81,13 +46,13 @@ def test_add_change_delete_builds_a_new_version_equal_to_a_fresh_build(make_rag_
     assert v2.chunks_embedded == sum(1 for doc, _, _ in v2_points.values() if doc in {"new.md", "python/zen_of_python.txt"})
     assert not {doc for doc, _, _ in v2_points.values()} & {"libffi/Memory-Usage.html"}
     assert points(config, v1.collection) == v1_points, "the previous version must stay intact (rollback target)"
-    store.close_qdrant(config)
+    qdrant.close_client(config)
     assert set(v2_points) == set(fresh_build_ids(make_rag_config, embedder, "fresh"))
 
 
 def vectors(config, collection: str) -> dict[str, list[float]]:
     """point id -> dense vector of every point in the collection."""
-    return {str(p.id): p.vector[store.DENSE_VECTOR] for p in store.iter_points(store.open_qdrant(config), collection, with_vectors=True)}
+    return {str(p.id): p.vector[qdrant.DENSE_VECTOR] for p in qdrant.iter_points(qdrant.open_client(config), collection, with_vectors=True)}
 
 
 def test_an_edited_document_re_embeds_only_chunks_whose_text_changed(make_rag_config, embedder, tiny_corpus: Path):
@@ -106,7 +71,7 @@ def test_an_edited_document_re_embeds_only_chunks_whose_text_changed(make_rag_co
     assert v2.chunks_embedded + v2.chunks_reused == after
     assert 1 <= v2.chunks_embedded < after and v2.chunks_reused >= after - 2
     reused = vectors(config, v2.collection)
-    store.close_qdrant(config)
+    qdrant.close_client(config)
     fresh_config = make_rag_config("fresh")
     fresh = vectors(fresh_config, build(fresh_config, embedder).collection)
     assert set(reused) == set(fresh)
@@ -124,11 +89,11 @@ def test_each_chunk_keyword_vector_carries_its_own_document_title(make_rag_confi
     (corpus / "b.md").write_text(f"# Beta Quokka\n\n{body}\n")
     config = make_rag_config(corpus={"path": str(corpus)})
     report = build(config, embedder)
-    client = store.open_qdrant(config)
+    client = qdrant.open_client(config)
     zebra, quokka = term_index("zebra"), term_index("quokka")
     seen = {"a.md": 0, "b.md": 0}
-    for point in store.iter_points(client, report.collection, with_vectors=True):
-        indices = set(point.vector[store.SPARSE_VECTOR].indices)
+    for point in qdrant.iter_points(client, report.collection, with_vectors=True):
+        indices = set(point.vector[qdrant.SPARSE_VECTOR].indices)
         own, other = (zebra, quokka) if point.payload["doc_id"] == "a.md" else (quokka, zebra)
         assert own in indices and other not in indices, point.payload["doc_id"]
         seen[point.payload["doc_id"]] += 1
@@ -140,7 +105,7 @@ def test_a_crash_during_upserts_resumes_to_exactly_one_copy(make_rag_config, emb
     v1 = build(config, embedder)
     (tiny_corpus / "python/zen_of_python.txt").write_text("Changed Zen.\n\n" + "Errors should never pass silently. " * 40)
     (tiny_corpus / "extra.txt").write_text("Extra document. " * 300)
-    client = store.open_qdrant(config)
+    client = qdrant.open_client(config)
     real_upload = client.upload_points
 
     def crashing_upload(collection_name, points, **kwargs):
@@ -152,7 +117,7 @@ def test_a_crash_during_upserts_resumes_to_exactly_one_copy(make_rag_config, emb
     with pytest.raises(KeyboardInterrupt):
         build(config, embedder)
     monkeypatch.undo()
-    registry = store.VersionRegistry.load(config)
+    registry = versions.VersionRegistry.load(config)
     assert registry.versions[-1].status == "building"
     # the document half-written by the crash changes again before the resume: its stale chunks must go
     (tiny_corpus / "extra.txt").write_text("Extra document, second edit. " * 200)
@@ -165,7 +130,7 @@ from pathlib import Path
 from qdrant_client import QdrantClient
 from opsfabric.runtime_env import configure_runtime_env
 configure_runtime_env()
-from opsfabric.rag import steps
+from opsfabric.rag import ingest
 from opsfabric.rag.settings import RagConfig
 from opsfabric.settings import load_settings
 
@@ -176,7 +141,7 @@ def upload_then_die(self, collection_name, points, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)  # no exception handlers, no atexit, no flush: a real crash
 QdrantClient.upload_points = upload_then_die
 config = RagConfig(load_settings(state_dir=Path(sys.argv[1]), rag=json.loads(sys.argv[2])))
-steps.ingest_corpus(config, show_progress=False)
+ingest.ingest_corpus(config, show_progress=False)
 """
 
 
@@ -186,17 +151,20 @@ def test_a_process_killed_mid_upsert_is_resumed_by_the_next_run(make_rag_config,
 
     config = make_rag_config()
     build(config, embedder)
-    store.close_qdrant(config)  # release the local folder for the child
+    qdrant.close_client(config)  # release the local folder for the child
     (tiny_corpus / "python/zen_of_python.txt").write_text("Changed Zen.\n\n" + "Errors should never pass silently. " * 40)
     (tiny_corpus / "extra.txt").write_text("Extra document. " * 300)
     child = subprocess.run(
-        [sys.executable, "-c", _KILLED_CHILD, str(config.settings.state_dir), json.dumps(config.settings.rag)],
+        [sys.executable, "-c", _KILLED_CHILD, str(config.settings.state_dir), json.dumps(config.settings.rag.model_dump(mode="json"))],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
-    registry = store.VersionRegistry.load(config)
+    registry = versions.VersionRegistry.load(config)
     assert registry.versions[-1].status == "building"
+    # killed while writing in WAL mode (qdrant.bulk_writes): SQLite recovers the WAL when the folder is opened again
+    assert (config.qdrant_path / "collection" / registry.versions[-1].collection / "storage.sqlite-wal").exists()
     assert_resumes_to_a_fresh_build(config, embedder, make_rag_config, registry.versions[-1].collection)
+    assert not (config.qdrant_path / "collection" / registry.versions[-1].collection / "storage.sqlite-wal").exists()
 
 
 def test_a_crash_after_upserts_before_the_docstore_is_saved_resumes_cleanly(make_rag_config, embedder, tiny_corpus: Path, monkeypatch):
@@ -249,17 +217,17 @@ def test_fail_policy_stops_before_writing_anything(make_rag_config, embedder, ti
 
 def test_a_second_process_on_the_same_local_folder_gets_a_named_error(make_rag_config):
     config = make_rag_config()
-    store.open_qdrant(config)  # this process holds the lock
+    qdrant.open_client(config)  # this process holds the lock
     code = (
         "import sys; from pathlib import Path\n"
         "from opsfabric.settings import load_settings\n"
         "from opsfabric.rag.settings import RagConfig\n"
-        "from opsfabric.rag.store import open_qdrant\n"
-        f"open_qdrant(RagConfig(load_settings(state_dir=Path({str(config.settings.state_dir)!r}))))\n"
+        "from opsfabric.rag.qdrant import open_client\n"
+        f"open_client(RagConfig(load_settings(state_dir=Path({str(config.settings.state_dir)!r}))))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert done.returncode != 0
     assert "IndexLockedError" in done.stderr and str(config.qdrant_path.resolve()) in done.stderr
     assert f"pid {os.getpid()}" in done.stderr
-    store.close_qdrant(config)  # the owner can reopen after closing: nothing corrupted
-    assert store.open_qdrant(config).get_collections() is not None
+    qdrant.close_client(config)  # the owner can reopen after closing: nothing corrupted
+    assert qdrant.open_client(config).get_collections() is not None

@@ -1,85 +1,67 @@
 """The version registry follows the alias, rollback refuses what readers could not use, and bad
-inputs (golden rows, registry file, endpoint replies, NaN metrics) are errors that name them."""
+inputs (golden rows, registry file, endpoint replies, NaN metrics) are errors that name them.
+
+Crashes between an alias move and the registry save, with real processes: tests/rag/test_crash_windows.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from opsfabric.rag import steps, store
+from opsfabric.rag import ingest, operations, promotion, qdrant, versions
 from opsfabric.rag.errors import EndpointError, GoldenSetError, IndexVersionError
 
 
 @pytest.mark.flows
 def test_registry_follows_the_alias_and_rollback_refuses_unusable_versions(make_rag_config, embedder, tiny_corpus: Path):
     config = make_rag_config()
-    v1 = steps.ingest_corpus(config, embedder, show_progress=False)
-    assert steps.evaluate_and_gate(config, v1.collection, embedder).promoted
+    v1 = ingest.ingest_corpus(config, embedder, show_progress=False)
+    assert promotion.gate_version(config, v1.collection, embedder).promoted
     (tiny_corpus / "extra.md").write_text("# Extra\n\nA short page about index rotation windows.\n")
-    v2 = steps.ingest_corpus(config, embedder, show_progress=False)
-    client = store.open_qdrant(config)
+    v2 = ingest.ingest_corpus(config, embedder, show_progress=False)
+    client = qdrant.open_client(config)
 
-    # a DVC-style evaluation (apply=False) writes nothing and moves nothing
+    # a verdict alone (the DVC stage) writes nothing and moves nothing
     registry_file = config.rag_state_dir / "versions.json"
     before = registry_file.read_bytes()
-    dry = steps.evaluate_and_gate(config, v2.collection, embedder, apply=False)
-    assert dry.decision.approved and not dry.promoted and registry_file.read_bytes() == before
+    verdict = promotion.judge_version(config, v2.collection, embedder)
+    assert verdict.decision.approved and verdict.live_collection == v1.collection and registry_file.read_bytes() == before
+    assert qdrant.alias_target(client, config.rag.store.alias) == v1.collection
 
     # a crash between moving the alias and saving the registry: the next operation repairs the registry
-    store.point_alias(client, config.rag.store.alias, v2.collection)
-    assert store.VersionRegistry.load(config).get(v2.collection).status == "built"
-    steps.evaluate_and_gate(config, v2.collection, embedder)
-    registry = store.VersionRegistry.load(config)
+    qdrant.move_alias(client, config.rag.store.alias, v2.collection)
+    assert versions.VersionRegistry.load(config).get(v2.collection).status == "built"
+    promotion.gate_version(config, v2.collection, embedder)
+    registry = versions.VersionRegistry.load(config)
     assert registry.get(v2.collection).status == "live" and registry.live_history[-1] == v2.collection
     assert registry.get(v1.collection).status == "built"
-    assert steps.rollback_index(config) == {"alias": "docs-live", "from": v2.collection, "to": v1.collection}
-    registry = store.VersionRegistry.load(config)
+    assert operations.rollback_index(config) == {"alias": "docs-live", "from": v2.collection, "to": v1.collection}
+    registry = versions.VersionRegistry.load(config)
     assert registry.get(v1.collection).status == "live" and registry.get(v2.collection).status == "built"
 
     # re-gating the live version with stricter thresholds records the failure but never rejects what readers use
     strict = make_rag_config(gate={"thresholds": {"mrr": 1.01}})
-    regate = steps.evaluate_and_gate(strict, v1.collection, embedder)
+    regate = promotion.gate_version(strict, v1.collection, embedder)
     assert not regate.decision.approved and regate.live_collection == v1.collection
-    assert store.VersionRegistry.load(config).get(v1.collection).status == "live"
+    assert versions.VersionRegistry.load(config).get(v1.collection).status == "live"
 
     # rollback targets must be finished builds that today's queries can search
-    registry = store.VersionRegistry.load(config)
-    registry.versions.append(store.IndexVersion(99, "docs-v0099", "building", "x", registry.get(v2.collection).index_config))
-    registry.get(v2.collection).index_config["embedding"]["model"] = "another-model"
-    registry.save()
-    store.ensure_collection(client, "docs-v0099", 384)
+    with versions.updating(config, "test: add an unfinished build, change v2's embedding model") as registry:
+        registry.versions.append(versions.IndexVersion(99, "docs-v0099", "building", "x", registry.get(v2.collection).index_config))
+        registry.get(v2.collection).index_config["embedding"]["model"] = "another-model"
+    qdrant.ensure_collection(client, "docs-v0099", 384)
     with pytest.raises(IndexVersionError, match=r"docs-v0099.*status is 'building' \(not a finished build\)"):
-        steps.rollback_index(config, to="docs-v0099")
-    with pytest.raises(IndexVersionError, match=r"built with pipeline_version=.*another-model.*restore that configuration first"):
-        steps.rollback_index(config, to=v2.collection)
+        operations.rollback_index(config, to="docs-v0099")
+    with pytest.raises(IndexVersionError, match=r"built with pipeline_version=.*another-model") as refused:
+        operations.rollback_index(config, to=v2.collection)
+    assert refused.value.hint == "restore that configuration first"
     # ... and so must a version the gate is asked to put live
     with pytest.raises(IndexVersionError, match=r"cannot evaluate and gate 'docs-v0099': its status is 'building'"):
-        steps.evaluate_and_gate(config, "docs-v0099", embedder)
-    with pytest.raises(IndexVersionError, match=r"cannot evaluate and gate 'docs-v0002'.*restore that configuration first"):
-        steps.evaluate_and_gate(config, v2.collection, embedder)
-    assert store.live_collection(client, "docs-live") == v1.collection
-
-
-@pytest.mark.flows
-def test_a_rollback_cut_short_is_finished_not_reversed(make_rag_config, embedder, tiny_corpus: Path):
-    config = make_rag_config()
-    v1 = steps.ingest_corpus(config, embedder, show_progress=False)
-    steps.evaluate_and_gate(config, v1.collection, embedder)
-    (tiny_corpus / "extra.md").write_text("# Extra\n\nA short page about index rotation windows.\n")
-    v2 = steps.ingest_corpus(config, embedder, show_progress=False)
-    assert steps.evaluate_and_gate(config, v2.collection, embedder).promoted
-    assert store.VersionRegistry.load(config).live_history == [v1.collection, v2.collection]
-    # the rollback to v1 moved the alias, then the process died before the registry was saved
-    store.point_alias(store.open_qdrant(config), config.rag.store.alias, v1.collection)
-    status = steps.index_status(config)
-    assert status["live"] == v1.collection
-    # the next rollback must not bring the rolled-back v2 back: there is nothing before v1
-    with pytest.raises(IndexVersionError, match="no earlier live version"):
-        steps.rollback_index(config)
-    registry = store.VersionRegistry.load(config)
-    assert registry.live_history == [v1.collection] and registry.get(v2.collection).status == "built"
+        promotion.gate_version(config, "docs-v0099", embedder)
+    with pytest.raises(IndexVersionError, match=r"cannot evaluate and gate 'docs-v0002'.*built with pipeline_version="):
+        promotion.gate_version(config, v2.collection, embedder)
+    assert qdrant.alias_target(client, "docs-live") == v1.collection
 
 
 @pytest.mark.unit
@@ -89,7 +71,7 @@ def test_corrupt_registry_names_its_file(make_rag_config):
     path.parent.mkdir(parents=True)
     path.write_text("{\n")
     with pytest.raises(IndexVersionError, match=r"versions\.json: unreadable index version registry"):
-        store.VersionRegistry.load(config)
+        versions.VersionRegistry.load(config)
 
 
 @pytest.mark.unit
@@ -97,8 +79,8 @@ def test_corrupt_registry_names_its_file(make_rag_config):
     "lines, message",
     [
         (["[1, 2]"], r"g\.jsonl:1: expected a JSON object"),
-        (['{"id": 7, "question": "q", "reference_answer": "a", "doc_id": "d", "passage": "p"}'], r"g\.jsonl:1: field\(s\) \['id'\] must be strings"),
-        (['{"id": "a", "question": "", "reference_answer": "a", "doc_id": "d", "passage": "p"}'], r"g\.jsonl:1: missing or empty field\(s\) \['question'\]"),
+        (['{"id": 7, "question": "q", "reference_answer": "a", "doc_id": "d", "passage": "p", "split": "tune"}'], r"g\.jsonl:1: field\(s\) \['id'\] must be strings"),
+        (['{"id": "a", "question": "", "reference_answer": "a", "doc_id": "d", "passage": "p", "split": "tune"}'], r"g\.jsonl:1: missing or empty field\(s\) \['question'\]"),
         (["", "  "], r"g\.jsonl: the golden QA set is empty"),
     ],
 )
@@ -140,7 +122,7 @@ def test_malformed_chat_replies_are_endpoint_errors(monkeypatch, reply):
 
 @pytest.mark.unit
 def test_a_metric_that_is_mostly_nan_fails_the_gate():
-    from opsfabric.rag.evaluation import should_go_live
+    from opsfabric.rag.gate import should_go_live
     from opsfabric.rag.settings import GateParams
 
     policy = GateParams(thresholds={"faithfulness": 0.5}, max_nan_share=0.1)

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opsfabric.rag.evaluation import retrieval_scores, should_go_live
+from opsfabric.rag.evaluation import retrieval_scores
+from opsfabric.rag.gate import should_go_live
 from opsfabric.rag.guard import as_data_block, detect_injection
 from opsfabric.rag.keyword import tokenize
-from opsfabric.rag.settings import GateParams, RagConfig, rag_settings
+from opsfabric.errors import ConfigError
+from opsfabric.rag.settings import GateParams, RagConfig
 from opsfabric.settings import PROJECT_ROOT, load_settings
 
 pytestmark = pytest.mark.unit
@@ -26,23 +28,23 @@ def test_repo_config_validates_with_local_defaults(tmp_path):
 
 
 def test_unknown_rag_key_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"rag\.chunking\.chunk_sise"):
-        rag_settings(load_settings(state_dir=tmp_path, rag={"chunking": {"chunk_sise": 10}}))
+    with pytest.raises(ConfigError, match=r"rag\.chunking\.chunk_sise"):
+        load_settings(state_dir=tmp_path, rag={"chunking": {"chunk_sise": 10}})
 
 
 def test_overlap_must_be_below_chunk_size(tmp_path):
-    with pytest.raises(ValueError, match="chunk_overlap"):
-        rag_settings(load_settings(state_dir=tmp_path, rag={"chunking": {"chunk_size": 50, "chunk_overlap": 50}}))
+    with pytest.raises(ConfigError, match="chunk_overlap"):
+        load_settings(state_dir=tmp_path, rag={"chunking": {"chunk_size": 50, "chunk_overlap": 50}})
 
 
 def test_openai_embedding_backend_needs_a_url(tmp_path):
-    with pytest.raises(ValueError, match="rag.embedding.base_url"):
-        rag_settings(load_settings(state_dir=tmp_path, rag={"embedding": {"backend": "openai"}}))
+    with pytest.raises(ConfigError, match="rag.embedding.base_url"):
+        load_settings(state_dir=tmp_path, rag={"embedding": {"backend": "openai"}})
 
 
 def test_env_variable_sets_a_rag_key(tmp_path, monkeypatch):
     monkeypatch.setenv("OPSFABRIC_RAG__RETRIEVAL__TOP_K", "9")
-    assert rag_settings(load_settings(state_dir=tmp_path)).retrieval.top_k == 9
+    assert load_settings(state_dir=tmp_path).rag.retrieval.top_k == 9
 
 
 def test_index_config_hash_follows_chunking_not_retrieval(tmp_path):
