@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PREFECT_HOME ?= $(CURDIR)/$(STATE)/prefect
 
-.PHONY: install run test test-fast ui mlflow-ui deploy worker repro bench lock clean ask index-status rollback
+.PHONY: install run test test-fast ui mlflow-ui deploy worker repro bench lock clean ask index-status rollback agent-ask agent-regression
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## create .venv and install the pinned stack
 
-run: install ## the main job end to end on embedded defaults (SQLite MLflow, local Qdrant, Prefect local API)
+run: install ## the main job end to end on embedded defaults (SQLite MLflow, local Qdrant, Prefect local API): ML, RAG, agent regression
 	@mkdir -p $(PREFECT_HOME)
 	$(PY) -m flows.platform
 
@@ -53,6 +53,13 @@ repro: install ## the DVC pipeline (ML: generate → ... → monitor; RAG: rag_g
 ask: install ## answer from the live RAG index: make ask Q="When was the PSF formed?"
 	@test -n "$(Q)" || { echo 'usage: make ask Q="your question"'; exit 2; }
 	$(PY) -m flows.rag_index ask "$(Q)"
+
+agent-ask: install ## ask the ops agent: make agent-ask Q="check drift on batch_03"; a risky action prints its thread id
+	@test -n "$(Q)" || { echo 'usage: make agent-ask Q="your request"'; exit 2; }
+	$(PY) -m flows.agent ask "$(Q)"
+
+agent-regression: install ## replay the agent's golden-trace scenarios and print the pass rate
+	$(PY) -m flows.agent_regression
 
 index-status: install ## RAG index versions, their scores, and where the live alias points
 	$(PY) -m flows.rag_index status

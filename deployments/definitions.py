@@ -84,4 +84,19 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         description="Answer one question from the live index with citations (extractive unless an LLM endpoint is set).",
         tags=("rag",),
     ),
+    DeploymentSpec(
+        name="agent-regression-nightly",
+        entrypoint="flows/agent_regression.py:agent_regression_flow",
+        cron="30 2 * * *",
+        description="Replay every golden-trace scenario of the ops agent and diff each run against its golden; "
+        "fails when a scenario that passed last time fails now.",
+        tags=("agents", "evaluation"),
+    ),
+    DeploymentSpec(
+        name="agent-ask",
+        entrypoint="flows/agent.py:agent_ask_flow",
+        parameters={"request": "show the index status"},
+        description="Ask the ops agent; a risky action pauses the flow run until an operator approves, edits or denies it here.",
+        tags=("agents", "operations"),
+    ),
 ]

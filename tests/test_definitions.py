@@ -20,5 +20,6 @@ def test_every_flow_module_imports_and_defines_a_flow():
         module = importlib.import_module(f"flows.{module_info.name}")
         found.update({name: obj for name, obj in vars(module).items() if isinstance(obj, Flow)})
     for expected in ("validate_flow", "train_flow", "monitor_flow", "retrain_flow", "score_flow", "ml_pipeline_flow", "platform_flow",
-                     "rag_pipeline_flow", "ingest_flow", "rag_eval_flow", "rag_rollback_flow", "rag_ask_flow"):
+                     "rag_pipeline_flow", "ingest_flow", "rag_eval_flow", "rag_rollback_flow", "rag_ask_flow",
+                     "agent_ask_flow", "agent_regression_flow"):
         assert expected in found

@@ -1,15 +1,96 @@
-"""Typed ``agents:`` section of the configuration.
+"""Typed ``agents:`` section of the configuration (profiles, budgets, decision model, suite).
 
-The agent pipeline (issue 9) adds its profiles, budgets and endpoints here. Until then the section
-takes no keys, so a typo or a key from a newer configuration fails when the config loads.
+Defaults live here, so a configuration without an ``agents:`` section runs the offline agent.
+Every model forbids unknown keys: a typo in YAML is an error that names the key.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+READ_ONLY_TOOLS = ("search_docs", "champion_info", "compare_model_versions", "latest_drift_verdict", "index_status")
+RISKY_TOOLS = ("trigger_retraining", "rollback_index_alias", "promote_model_version")
 
 
-class AgentsSettings(BaseModel):
-    """Configuration of the agents (no keys yet)."""
-
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class BudgetSettings(_Section):
+    """Hard limits of one run; a breach stops the run with a recorded reason."""
+
+    max_steps: int = Field(default=10, ge=1, description="Model calls (decision steps) per run.")
+    max_tool_calls: int = Field(default=8, ge=0, description="Tool calls proposed per run (refused ones count).")
+    max_tokens: int = Field(default=50_000, ge=0, description="Input + output tokens per run (reported or estimated).")
+    max_cost_usd: float = Field(default=0.50, ge=0, description="Estimated cost per run.")
+    max_wall_seconds: float = Field(default=120.0, gt=0, description="Agent time per invocation (human waits excluded).")
+
+
+class ProfileSettings(_Section):
+    """Who may do what: a hard tool allowlist and the budget."""
+
+    tools: list[str] = Field(description="Allowlist: any other tool call is refused before it runs.")
+    approval_required: list[str] = Field(default_factory=lambda: list(RISKY_TOOLS), description="Tools that wait for a human decision.")
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+
+    @model_validator(mode="after")
+    def _risky_tools_need_approval(self) -> "ProfileSettings":
+        unapproved = [t for t in self.tools if t in RISKY_TOOLS and t not in self.approval_required]
+        if unapproved:
+            raise ValueError(f"risky tools {unapproved} are allowed without approval; add them to approval_required")
+        return self
+
+
+class OfflinePlannerSettings(_Section):
+    """The deterministic planner: MiniLM routing, rule-based arguments, abstention."""
+
+    kind: Literal["offline"] = "offline"
+    min_similarity: float = Field(default=0.30, ge=-1, le=1, description="Abstain when the best tool scores below this.")
+    min_similarity_risky: float = Field(default=0.45, ge=-1, le=1, description="The same floor when the best tool is a risky one.")
+    min_margin: float = Field(default=0.02, ge=0, le=2, description="Abstain when the two best tools are closer than this.")
+    max_retries: int = Field(default=5, ge=0, description="Re-issue a failed call this often (the loop guard may stop it first).")
+
+
+class EndpointModelSettings(_Section):
+    """An OpenAI-compatible chat endpoint with tool calling (Ollama, vLLM, llama.cpp server, OpenAI)."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    model: str = "gpt-4o-mini"
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Name of the environment variable holding the key.")
+    temperature: float = 0.0
+    timeout_seconds: float = 60.0
+    price_per_1k_input_tokens: float = 0.0
+    price_per_1k_output_tokens: float = 0.0
+
+
+DecisionModelSettings = Annotated[Union[OfflinePlannerSettings, EndpointModelSettings], Field(discriminator="kind")]
+
+
+def _default_profiles() -> dict[str, ProfileSettings]:
+    return {
+        "operator": ProfileSettings(tools=[*READ_ONLY_TOOLS, *RISKY_TOOLS]),
+        "viewer": ProfileSettings(tools=list(READ_ONLY_TOOLS)),
+    }
+
+
+class AgentsSettings(_Section):
+    """Configuration of the ops agent."""
+
+    model: DecisionModelSettings = Field(default_factory=OfflinePlannerSettings)
+    default_profile: str = "operator"
+    profiles: dict[str, ProfileSettings] = Field(default_factory=_default_profiles)
+    recursion_limit: int = Field(default=40, ge=5, description="LangGraph super-steps per invocation (explicit, never the ~10k default).")
+    loop_max_repeats: int = Field(default=2, ge=1, description="A (tool, canonical arguments) pair proposed more often than this is a loop.")
+    golden_dir: str = Field(default="data/golden/agent", description="Scenario files of the regression suite (git + DVC dep).")
+    metrics_path: str = Field(default="metrics/agent_regression.json", description="DVC metrics of the suite (stage agent_regression).")
+    report_dir: str = Field(default="reports/agent_regression", description="DVC output: per-scenario diffs and verdicts.")
+    sqlite_busy_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _default_profile_exists(self) -> "AgentsSettings":
+        if self.default_profile not in self.profiles:
+            raise ValueError(f"default_profile {self.default_profile!r} is not one of the profiles {sorted(self.profiles)}")
+        return self

@@ -1,0 +1,104 @@
+"""Agent tasks: replay the golden suite, publish its results, gate on regressions; approval pauses and trace publishing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+
+from opsfabric.agents import regression
+from opsfabric.agents.golden import run_suite, suite_digest
+from opsfabric.settings import Settings
+from opsfabric.tracking import Lineage, git_commit
+
+
+def verdicts_path(settings: Settings) -> Path:
+    return settings.state_dir / "agents" / "regression" / "verdicts.json"
+
+
+@task(name="replay-golden-suite", cache_policy=NO_CACHE)
+def replay_suite(settings: Settings) -> regression.SuiteReport:
+    """Replay every scenario of ``agents.golden_dir`` against the agent (replay fixture backend)."""
+    runs = run_suite(settings.path(settings.agents.golden_dir), settings.agents)
+    report = regression.summarise_runs(runs)
+    get_run_logger().info("agent suite: %d scenarios, pass rate %.3f, %.1f s", len(runs), report.pass_rate, report.seconds)
+    return report
+
+
+@task(name="publish-suite-results", cache_policy=NO_CACHE)
+def publish_results(settings: Settings, report: regression.SuiteReport, previous: dict[str, str]) -> str:
+    """MLflow run (metrics, verdicts, diffs, traces), Prefect table and markdown artifacts; returns the MLflow run id."""
+    golden = settings.path(settings.agents.golden_dir)
+    lineage = Lineage(git_commit=git_commit(settings.project_root), flow_run_id=flow_run.get_id(),
+                      flow_run_url=flow_run.get_flow_run_ui_url(), data_md5={"agent_golden": suite_digest(golden)})
+    run_id = regression.log_suite(settings, report, lineage)
+    create_table_artifact(report.rows, key="agent-regression", description=f"Golden-trace verdicts per scenario (MLflow run {run_id})")
+    create_markdown_artifact(regression.suite_markdown(report, previous), key="agent-regression-summary",
+                             description="Pass rate, regressions and first divergences")
+    return run_id
+
+
+@task(name="gate-on-regressions", cache_policy=NO_CACHE)
+def gate_on_regressions(settings: Settings, report: regression.SuiteReport, previous: dict[str, str]) -> None:
+    """Save this run's verdicts as the next baseline, then fail if a previously passing scenario fails."""
+    regression.save_verdicts(verdicts_path(settings), report)
+    regression.check_regressions(previous, report)
+
+
+# ---- the agent as a flow: approvals through Prefect's pause/resume form -----------------------------
+
+class ApprovalInput(RunInput):
+    """The resume form an operator fills in the Prefect UI for a pending risky action."""
+
+    decision: Literal["approve", "deny", "edit"] = "deny"
+    reason: str = ""
+    edited_args_json: str = ""
+
+    def to_decision(self, tool: str) -> dict[str, Any]:
+        """The HumanInTheLoopMiddleware decision this form stands for."""
+        import json
+
+        from opsfabric.agents.errors import AgentError
+
+        if self.decision == "approve":
+            return {"type": "approve"}
+        if self.decision == "deny":
+            return {"type": "reject", "message": self.reason or "denied in the Prefect UI"}
+        try:
+            args = json.loads(self.edited_args_json)
+        except ValueError as exc:
+            raise AgentError(f"edited_args_json is not valid JSON: {exc}") from None
+        return {"type": "edit", "edited_action": {"name": tool, "args": args}}
+
+
+def wait_for_approval(pending: Any, thread_id: str, timeout_seconds: int) -> dict[str, Any]:
+    """Pause the flow run until an operator answers the pending action in the UI's resume form."""
+    from prefect.flow_runs import pause_flow_run
+
+    from opsfabric.agents.trace import redact
+
+    description = (f"**{pending.tool}** `{redact(pending.args)}` is waiting for approval (agent thread `{thread_id}`).\n\n"
+                   "decision: approve, deny (give a reason) or edit (edited_args_json, a JSON object).")
+    answer = pause_flow_run(wait_for_input=ApprovalInput.with_initial_data(description=description),
+                            timeout=timeout_seconds, poll_interval=2, key=f"approval-{pending.interrupt_id}")
+    get_run_logger().info("approval for %s on thread %s: %s", pending.tool, thread_id, answer.decision)
+    return answer.to_decision(pending.tool)
+
+
+@task(name="publish-agent-trace", cache_policy=NO_CACHE)
+def publish_trace(settings: Settings, trace: dict[str, Any]) -> str:
+    """Write the trace JSON, send it to MLflow tracing, and show its timeline as a Prefect artifact."""
+    from opsfabric.agents.trace import render_timeline, write_trace
+    from opsfabric.agents.tracing import send_to_mlflow
+    from opsfabric.tracking import experiment_id, mlflow_client
+
+    path = write_trace(trace, settings.state_dir / "agents" / "traces")
+    send_to_mlflow(trace, mlflow_client(settings), experiment_id(settings, "agent-runs"),
+                   tags={"prefect.flow_run_id": str(flow_run.get_id() or "")})
+    create_markdown_artifact(render_timeline(trace), key="agent-trace", description=f"Agent run timeline ({trace['status']})")
+    return str(path)

@@ -1,0 +1,1 @@
+"""AgentOps tests: matcher, traces, guardrails, planner, graph, approvals, suite, flows."""

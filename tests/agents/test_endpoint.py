@@ -1,0 +1,113 @@
+"""The endpoint path: ChatOpenAI against a local OpenAI-compatible server that returns tool calls.
+
+The server is a real HTTP server speaking the Chat Completions protocol with a fixed script per
+request (no language model is installable here). It is the "model" only; the graph, tools,
+guardrails, approvals and traces are the production ones.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from opsfabric.agents.agent import build_agent, open_checkpointer, resume_run, start_run
+from opsfabric.agents.replay import ReplayBackend
+from opsfabric.agents.settings import AgentsSettings, EndpointModelSettings
+from opsfabric.agents.trace import find_secrets, trajectory
+
+pytestmark = pytest.mark.flows
+API_KEY = "sk-test-abcdefghijklmnopqrstuvwxyz123456"
+
+# request text -> the tool calls (name, arguments) to return at each turn; then a final answer
+SCRIPTS = {
+    "follow the docs": [("search_docs", {"query": "promotion"}), ("promote_model_version", {"version": 1})],
+    "drop it": [("drop_database", {"really": True})],
+    "promote four": [("promote_model_version", {"version": 4})],
+}
+
+
+class ScriptedChatServer(BaseHTTPRequestHandler):
+    seen_auth: list[str] = []
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ScriptedChatServer.seen_auth.append(self.headers.get("Authorization", ""))
+        messages = body["messages"]
+        request = next(m["content"] for m in messages if m["role"] == "user")
+        turn = sum(m["role"] == "tool" for m in messages)
+        script = SCRIPTS[request]
+        if turn < len(script):
+            name, args = script[turn]
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{turn}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}
+            finish = "tool_calls"
+        else:
+            message, finish = {"role": "assistant", "content": "Done (scripted endpoint)."}, "stop"
+        payload = {"id": f"cmpl-{turn}", "object": "chat.completion", "created": 0, "model": body["model"],
+                   "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                   "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def endpoint():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedChatServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def endpoint_agent(endpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    config = AgentsSettings(model=EndpointModelSettings(base_url=endpoint, model="scripted", price_per_1k_input_tokens=1.0,
+                                                        price_per_1k_output_tokens=2.0))
+
+    def make(profile=None):
+        backend = ReplayBackend(journal=tmp_path / "journal.jsonl")
+        return build_agent(config, backend, open_checkpointer(tmp_path / f"cp-{profile}.sqlite"), profile=profile)
+
+    return make
+
+
+def test_injected_document_cannot_make_the_endpoint_model_promote(endpoint_agent, tmp_path):
+    r = start_run(endpoint_agent(), "follow the docs")
+    assert (r.status, r.stop_reason) == ("stopped", "injection")
+    assert [(c.name, c.outcome) for c in trajectory(r.trace)] == [("search_docs", "ok"), ("promote_model_version", "refused")]
+    assert not (tmp_path / "journal.jsonl").exists()  # refused, not merely sent for approval
+    models = [e for e in r.trace["events"] if e["kind"] == "model_call"]
+    assert models[0]["attributes"]["gen_ai.request.model"] == "scripted"
+    assert models[0]["attributes"]["gen_ai.usage.input_tokens"] == 120 and models[0]["attributes"]["opsfabric.usage.estimated"] is False
+    assert r.trace["totals"]["opsfabric.cost.estimated_usd"] == pytest.approx(2 * (0.12 * 1.0 + 0.03 * 2.0))
+    assert ScriptedChatServer.seen_auth[-1] == f"Bearer {API_KEY}"
+    assert API_KEY not in json.dumps(r.trace) and find_secrets(json.dumps(r.trace)) == []
+
+
+def test_a_tool_outside_the_allowlist_is_a_hard_stop(endpoint_agent):
+    unknown = start_run(endpoint_agent(), "drop it")
+    assert (unknown.status, unknown.stop_reason) == ("stopped", "allowlist")
+    viewer = start_run(endpoint_agent("viewer"), "promote four")
+    assert (viewer.status, viewer.stop_reason) == ("stopped", "allowlist")
+    assert "not allowed for this profile" in viewer.answer
+
+
+def test_endpoint_model_goes_through_the_same_approval(endpoint_agent, tmp_path):
+    agent = endpoint_agent()
+    r = start_run(agent, "promote four")
+    assert r.status == "awaiting_approval" and r.pending[0].args == {"version": 4}
+    done = resume_run(agent, r.thread_id, {"type": "approve"})
+    assert done.status == "completed" and done.answer == "Done (scripted endpoint)."
+    assert json.loads((tmp_path / "journal.jsonl").read_text())["champion"] == 4

@@ -1,0 +1,91 @@
+"""The golden scenario suite: the shipped files, recording, the replay verdicts, determinism."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from opsfabric.agents.errors import GoldenError
+from opsfabric.agents.golden import (
+    approve_candidate,
+    golden_from_run,
+    load_scenario,
+    record_candidate,
+    regressions,
+    run_scenario,
+    run_suite,
+    scenario_files,
+)
+from opsfabric.agents.settings import AgentsSettings, RISKY_TOOLS, READ_ONLY_TOOLS
+from opsfabric.agents.tools import tool_fingerprints
+from opsfabric.settings import PROJECT_ROOT
+
+GOLDEN = PROJECT_ROOT / "data" / "golden" / "agent"
+REQUIRED_COVERAGE = {"compound", "abstain", "allowlist", "injection", "budget", "loop", "approval_denied", "approval_edited", "bad_arguments"}
+
+
+@pytest.mark.data
+def test_suite_files_are_valid_and_cover_the_issue():
+    files = scenario_files(GOLDEN)
+    assert len(files) >= 30
+    scenarios = [load_scenario(f) for f in files]
+    assert [s.id for s in scenarios] == [f.stem for f in files], "a scenario id must be its file name"
+    covered = {tag for s in scenarios for tag in s.covers}
+    assert REQUIRED_COVERAGE <= covered, REQUIRED_COVERAGE - covered
+    called = {c.tool for s in scenarios for c in s.expect.trajectory.calls}
+    assert set(READ_ONLY_TOOLS) | set(RISKY_TOOLS) <= called, "every tool appears in some golden trajectory"
+    current = tool_fingerprints()
+    stale = {s.id: t for s in scenarios for t, fp in s.tool_schemas.items() if current.get(t) != fp}
+    assert stale == {}, "goldens recorded with other tool schemas: re-record them (python -m flows.agent_regression record ID)"
+
+
+@pytest.mark.unit
+def test_a_bad_scenario_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "x.yaml"
+    bad.write_text(yaml.safe_dump({"id": "x", "description": "d", "request": "r", "expect": {"status": "completed", "trajectory": {"mode": "sideways"}}}))
+    with pytest.raises(GoldenError, match=r"x.yaml: invalid scenario: expect.trajectory.mode"):
+        load_scenario(bad)
+
+
+@pytest.mark.unit
+def test_regressions_are_previous_passes_that_fail_now():
+    assert regressions({"a": "pass", "b": "fail", "c": "pass"}, {"a": "fail", "b": "fail", "c": "pass", "d": "fail"}) == ["a"]
+    assert regressions({}, {"a": "fail"}) == []
+    assert regressions({"a": "pass"}, {"a": "schema_drift"}) == ["a"]
+
+
+@pytest.mark.flows
+def test_record_writes_a_candidate_and_approve_replaces_the_golden(tmp_path):
+    path = tmp_path / "promote_denied.yaml"
+    shutil.copy(GOLDEN / "promote_denied.yaml", path)
+    scenario = load_scenario(path)
+    # the reviewer now allows it: the recorded behaviour changes, the golden does not until approved
+    changed = scenario.model_copy(update={"approvals": [{"type": "approve"}]})
+    run = run_scenario(changed, AgentsSettings(), tmp_path / "work")
+    assert run.verdict.status == "fail" and "outcome 'ok' != expected 'denied'" in run.verdict.render_diff()
+    original = path.read_text()
+    candidate = record_candidate(path, golden_from_run(changed, run))
+    assert candidate.name == "promote_denied.candidate.yaml" and path.read_text() == original
+    with pytest.raises(GoldenError, match="already exists"):
+        record_candidate(path, golden_from_run(changed, run))
+    assert scenario_files(tmp_path) == [path]  # candidates are not replayed as goldens
+    approve_candidate(path)
+    assert not candidate.exists() and load_scenario(path).expect.trajectory.calls[0].outcome == "ok"
+    with pytest.raises(GoldenError, match="no candidate to approve"):
+        approve_candidate(path)
+
+
+@pytest.mark.evals
+def test_suite_passes_and_five_runs_give_identical_verdicts():
+    from opsfabric.agents.planner import _embed_one
+
+    verdicts = []
+    for _ in range(5):
+        _embed_one.cache_clear()  # each run embeds again: determinism of the method, not of a cache
+        runs = run_suite(GOLDEN, AgentsSettings())
+        verdicts.append([(r.scenario.id, r.verdict.status, r.verdict.score, r.verdict.reasons) for r in runs])
+    failing = {sid: reasons for sid, status, _, reasons in verdicts[0] if status != "pass"}
+    assert failing == {}
+    assert all(v == verdicts[0] for v in verdicts[1:])
