@@ -167,7 +167,10 @@ def mlflow_run(
     try:
         yield TrackedRun(run_id, client)
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        try:
+            client.set_terminated(run_id, status="FAILED")
+        except Exception as exc:  # noqa: BLE001 - the step's own error is the one to raise
+            log.error("could not mark MLflow run %s FAILED (%s); the next run in its experiment reconciles it", run_id, exc)
         raise
     client.set_terminated(run_id, status="FINISHED")
 

@@ -16,11 +16,14 @@ from opsfabric.locking import exclusive
 from opsfabric.settings import PROJECT_ROOT, load_settings
 
 HOLDER = """
-import sys, time
+import logging, sys, time
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from opsfabric.settings import load_settings
 from opsfabric.locking import exclusive
 log, hold, name = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-with exclusive(load_settings(), "registry-x", purpose="test " + name):
+settings = load_settings()
+with open(log, "a") as f: f.write(f"{name} enter {time.time()}\\n")
+with exclusive(settings, "registry-x", purpose="test " + name):
     with open(log, "a") as f: f.write(f"{name} start {time.time()}\\n"); f.flush()
     time.sleep(hold)
     with open(log, "a") as f: f.write(f"{name} end {time.time()}\\n")
@@ -29,15 +32,32 @@ with exclusive(load_settings(), "registry-x", purpose="test " + name):
 
 def _spawn(tmp_path: Path, name: str, hold: float, **env) -> subprocess.Popen:
     environ = {**os.environ, "OPSFABRIC_STATE_DIR": str(tmp_path / "state"), **env}
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "log"), str(hold), name], cwd=PROJECT_ROOT, env=environ)
+    stderr = open(tmp_path / f"{name}.stderr", "w")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "log"), str(hold), name], cwd=PROJECT_ROOT, env=environ, stderr=stderr
+    )
+
+
+def _someone_waited(tmp_path: Path, names: set[str]) -> bool:
+    """Whether a holder logged that it had to wait: the processes really overlapped."""
+    return any("waiting for lock registry-x" in (tmp_path / f"{n}.stderr").read_text() for n in names)
+
+
+def _events(log: Path) -> dict[tuple[str, str], float]:
+    """(holder, enter|start|end) -> time."""
+    return {(name, event): float(stamp) for name, event, stamp in (line.split() for line in log.read_text().splitlines())}
 
 
 def _intervals(log: Path) -> dict[str, list[float]]:
-    spans: dict[str, list[float]] = {}
-    for line in log.read_text().splitlines():
-        name, _, stamp = line.split()
-        spans.setdefault(name, []).append(float(stamp))
-    return spans
+    """holder -> [start, end] of its critical section."""
+    events = _events(log)
+    return {name: [events[(name, "start")], events[(name, "end")]] for name, event in events if event == "start" and (name, "end") in events}
+
+
+def _contended(log: Path, names: set[str]) -> bool:
+    """Whether every holder asked for the lock before the first one released it (a real contest)."""
+    events = _events(log)
+    return max(events[(n, "enter")] for n in names) < min(events[(n, "end")] for n in names)
 
 
 def _assert_serialised(log: Path, names: set[str]) -> None:
@@ -59,9 +79,11 @@ def _wait_for(log: Path, text: str, timeout: float = 60) -> None:
 
 @pytest.mark.unit
 def test_file_lock_serialises_real_processes(tmp_path):
-    procs = [_spawn(tmp_path, f"p{i}", 0.4) for i in range(3)]
+    # Each holds it for 3 s: far longer than the spread of the children's start-up, so they overlap
+    procs = [_spawn(tmp_path, f"p{i}", 3.0) for i in range(3)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     _assert_serialised(tmp_path / "log", {"p0", "p1", "p2"})
+    assert _contended(tmp_path / "log", {"p0", "p1", "p2"}) and _someone_waited(tmp_path, {"p0", "p1", "p2"})
 
 
 @pytest.mark.unit
@@ -118,9 +140,10 @@ def test_prefect_global_concurrency_limit_serialises_real_processes(tmp_path, pr
     from prefect.settings import PREFECT_API_URL
 
     env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "OPSFABRIC_ORCHESTRATION__LOCK__KIND": "prefect"}
-    procs = [_spawn(tmp_path, f"p{i}", 0.5, **env) for i in range(2)]
+    procs = [_spawn(tmp_path, f"p{i}", 3.0, **env) for i in range(2)]
     assert [p.wait(timeout=180) for p in procs] == [0, 0]
     _assert_serialised(tmp_path / "log", {"p0", "p1"})
+    assert _contended(tmp_path / "log", {"p0", "p1"})
     # the limit exists on the server, one slot, named after the resource
     from prefect.client.orchestration import get_client
 
