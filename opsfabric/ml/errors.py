@@ -22,7 +22,23 @@ class DataValidationError(MLPipelineError):
 
 
 class RegistrationError(MLPipelineError):
-    """Registering or promoting a model failed; the registry was rolled back to its prior state."""
+    """Registering or promoting a model failed and was rolled back.
+
+    If a step of the roll back failed too, the message says ``roll back incomplete`` and names it:
+    the registry is then left as a gate killed mid-way leaves it, and the next gate reconciles it.
+    """
+
+
+class RegistryLockLostError(RegistrationError):
+    """The gate lost the registry lock while writing: another gate reconciled its version as interrupted.
+
+    Possible only with a lock that can expire under its holder (the Prefect lock's lease); the
+    gate's alias move was rolled back under the rules of :class:`RegistrationError`.
+    """
+
+
+class EvaluationMismatchError(MLPipelineError, ValueError):
+    """The gate was given other eval data than the candidate's metrics were computed on."""
 
 
 class NoChampionError(MLPipelineError, LookupError):

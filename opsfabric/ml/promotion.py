@@ -11,7 +11,9 @@ which every registry write of every process takes (monitor, weekly pipeline, a d
 2. create the registered model if it does not exist;
 3. create the version, tagged with lineage, threshold, scores and ``gate.decision`` =
    ``promoting`` (the intent) or ``rejected``;
-4. if approved, point the alias at it;
+4. if approved, point the alias at it, then re-read the version's ``gate.decision``: if it is no
+   longer ``promoting``, another gate reconciled it as interrupted, so this gate lost the lock
+   (below): :class:`~opsfabric.ml.errors.RegistryLockLostError`, the alias move is rolled back;
 5. if approved, tag it ``promoted`` (the alias move is confirmed);
 6. copy the decision to the candidate's MLflow run (tags, metrics, ``gate/decision.json``);
    ``gate.version`` on the run is written last and marks the copy complete.
@@ -25,10 +27,21 @@ run killed while RUNNING is marked KILLED by ``tracking.reconcile_abandoned_runs
 of its experiment starts.
 
 An exception (not a kill) in steps 2-6 rolls back under the lock: the alias goes back to the
-scored champion only if it still points at the new version, the version is deleted, a registered
-model created by this gate is deleted. Under the lock no other gate can have moved the alias in
-between, so a roll back cannot erase a concurrent promotion; the check keeps that true even if a
-lock lease expired.
+scored champion only if it still points at the new version, then the version is deleted and a
+registered model created by this gate is deleted. Each step runs only if the ones before it
+succeeded: MLflow deletes the aliases of a deleted version, so deleting the version while the alias
+still points at it would leave no champion at all. A roll back that stops early leaves what a gate
+killed after step 4 or 5 leaves, which the next gate reconciles, and the error says ``roll back
+incomplete`` and names the step.
+
+The lock's two kinds (``opsfabric.locking``) differ in one way that matters here. A file lock is
+held until the holder's process ends. The Prefect lock is a lease with no fencing token: a holder
+that stalls longer than the lease loses the lock without knowing it, and another gate may take it,
+find this gate's version ``promoting`` and reconcile it as interrupted while this gate still writes.
+The re-read in step 4 is the guard against that: the gate stops and rolls back its alias move
+instead of confirming a version already declared dead. It narrows the window, it cannot close it
+(the other gate may move the alias between this gate's move and its roll back); only the registry
+itself could fence writes.
 """
 
 from __future__ import annotations
@@ -44,9 +57,8 @@ from opsfabric import tracking
 from opsfabric.locking import exclusive
 from opsfabric.ml.champion import load_version
 from opsfabric.ml.dataset import FeatureSpec
-from opsfabric.ml.errors import RegistrationError, StaleChampionError
+from opsfabric.ml.errors import EvaluationMismatchError, RegistrationError, RegistryLockLostError, StaleChampionError
 from opsfabric.ml.gate import GateDecision, should_promote
-from opsfabric.ml.kill_points import ALIAS_MOVED, VERSION_CONFIRMED, VERSION_CREATED, kill_point
 from opsfabric.ml.model import evaluate_model
 from opsfabric.ml.registry import (
     DECISION_TAG,
@@ -57,10 +69,11 @@ from opsfabric.ml.registry import (
     THRESHOLD_TAG,
     ModelRef,
     get_champion,
+    is_not_found,
     model_versions,
     registry_lock,
 )
-from opsfabric.ml.training import CandidateRun
+from opsfabric.ml.training import CandidateRun, evaluation_digest
 from opsfabric.settings import Settings
 from opsfabric.tracking import Lineage
 
@@ -115,12 +128,15 @@ def judge_candidate(settings: Settings, candidate: CandidateRun, evaluation: pd.
     each model as it would serve.
 
     Raises:
-        ValueError: ``evaluation`` is not the data the candidate's metrics were computed on.
+        EvaluationMismatchError: ``evaluation`` is not the data the candidate's metrics were computed
+            on (its content digest differs); a ``ValueError``.
     """
-    if len(evaluation) != candidate.n_eval:
-        raise ValueError(
-            f"candidate run {candidate.run_id} was evaluated on {candidate.n_eval} rows, the gate got {len(evaluation)}: "
-            "the gate must compare both models on the same data"
+    digest = evaluation_digest(evaluation)
+    if digest != candidate.eval_digest:
+        raise EvaluationMismatchError(
+            f"candidate run {candidate.run_id} was evaluated on {candidate.n_eval} rows with digest {candidate.eval_digest[:12]}, "
+            f"the gate got {len(evaluation)} rows with digest {digest[:12]}: the gate must compare both models on the same data",
+            hint="pass the gate the evaluation set of the TrainingSets the candidate was trained with",
         )
     metric = settings.ml.gate.metric
     ref = get_champion(tracking.mlflow_client(settings), settings.ml.registered_model, settings.ml.champion_alias)
@@ -154,7 +170,11 @@ def gate_and_register(
 
     Raises:
         StaleChampionError: the champion changed after every one of ``max_attempts`` judgements.
-        RegistrationError: a registry write failed; rolled back (the registry is as before).
+        EvaluationMismatchError: ``evaluation`` is not the candidate's eval data; nothing was written.
+        RegistrationError: a registry write failed; rolled back (the registry is as before), or, if
+            the message says ``roll back incomplete``, left for the next gate to reconcile.
+        RegistryLockLostError: another gate reconciled this gate's version while it wrote (the
+            lock's lease expired); rolled back as for RegistrationError.
         LockTimeoutError: another process held the registry lock too long.
     """
     name, alias = settings.ml.registered_model, settings.ml.champion_alias
@@ -221,22 +241,38 @@ def _apply(client: Any, settings: Settings, candidate: CandidateRun, judgement: 
         model_uri = candidate.model_uri
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         version = str(client.create_model_version(name, source=model_uri, run_id=candidate.run_id, tags=tags, model_id=model_id).version)
-        kill_point(VERSION_CREATED)
         if judgement.decision.approved:
+            alias_moved = True  # before the call: a call that fails may still have moved it (restoring checks)
             client.set_registered_model_alias(name, alias, version)
-            alias_moved = True
-            kill_point(ALIAS_MOVED)
+            _check_still_promoting(client, name, version)
             client.set_model_version_tag(name, version, DECISION_TAG, PROMOTED)
             tags[DECISION_TAG] = PROMOTED
-            kill_point(VERSION_CONFIRMED)
         record_on_run(client, candidate.run_id, name, version, tags)
     except Exception as exc:
-        _roll_back(client, name, alias, version, judgement.champion_version, created_model, alias_moved, candidate.run_id)
-        raise RegistrationError(
+        failed = _roll_back(client, name, alias, version, judgement.champion_version, created_model, alias_moved, candidate.run_id)
+        error = type(exc) if isinstance(exc, RegistrationError) else RegistrationError
+        if failed:
+            raise error(
+                f"registering {name!r} from MLflow run {candidate.run_id} failed: {exc}; roll back incomplete: {'; '.join(failed)}",
+                hint=f"the registry is left as a gate killed mid-way leaves it (version {version or 'none'} may still be "
+                "promoting or champion); the next gate reconciles it under the registry lock before it writes",
+            ) from exc
+        raise error(
             f"registering {name!r} from MLflow run {candidate.run_id} failed and was rolled back "
             f"(champion stays {judgement.champion_version or 'unset'}): {exc}"
         ) from exc
     return version
+
+
+def _check_still_promoting(client: Any, name: str, version: str) -> None:
+    """Raise if another gate reconciled ``version`` (no longer ``promoting``): this gate lost the lock."""
+    decision = client.get_model_version(name, version).tags.get(DECISION_TAG)
+    if decision != PROMOTING:
+        raise RegistryLockLostError(
+            f"version {version} of {name!r} is {decision!r}, not {PROMOTING!r}, right after this gate moved the alias to it: "
+            "another gate took the registry lock (its lease expired under this one) and reconciled the version",
+            hint="raise orchestration.lock.lease_seconds above the gate's longest registry write; the gate can be run again",
+        )
 
 
 def record_on_run(client: Any, run_id: str | None, name: str, version: str, tags: dict[str, str]) -> None:
@@ -285,11 +321,16 @@ def _roll_back(
     created_model: bool,
     alias_moved: bool,
     run_id: str,
-) -> None:
-    """Undo a gate that raised. Every step is attempted; a failing step is logged and the next one runs.
+) -> list[str]:
+    """Undo a gate that raised, one step after another; the first step that fails stops the roll back.
 
-    Whatever a failed roll back leaves (a version tagged promoting, an alias on it) is what a killed
-    gate leaves, and the next gate reconciles it.
+    Each step needs the ones before it: MLflow's ``delete_model_version`` also deletes every alias
+    on the version, so deleting it while the alias still points at it would delete the champion.
+    A roll back that stops leaves at worst what a gate killed after moving the alias leaves (a
+    version tagged promoting, the alias on it), and the next gate reconciles it.
+
+    Returns:
+        The steps that failed or were skipped, each with why (empty: fully rolled back).
     """
 
     def restore_alias() -> None:
@@ -306,14 +347,20 @@ def _roll_back(
         steps.append(("restore alias", restore_alias))
     if version is not None:
         steps.append(("delete version", lambda: client.delete_model_version(name, version)))
-        steps.append(("tag run", lambda: client.set_tag(run_id, DECISION_TAG, "rolled back")))
     if created_model:
         steps.append(("delete registered model", lambda: client.delete_registered_model(name)))
-    for label, step in steps:
+    if version is not None:
+        steps.append(("tag run", lambda: client.set_tag(run_id, DECISION_TAG, "rolled back")))
+    for index, (label, step) in enumerate(steps):
         try:
             step()
-        except Exception as exc:  # noqa: BLE001 - keep rolling back; the original error is raised by the caller
+        except Exception as exc:  # noqa: BLE001 - the caller raises the original error and names this one
             log.error("roll back of %s version %s: %s failed: %s", name, version, label, exc)
+            skipped = [later for later, _ in steps[index + 1 :]]
+            if skipped:
+                log.error("roll back of %s version %s: skipped %s; the next gate reconciles", name, version, ", ".join(skipped))
+            return [f"{label} failed ({type(exc).__name__}: {exc})", *(f"{later} skipped" for later in skipped)]
+    return []
 
 
 def reconcile_registry(client: Any, name: str, alias: str) -> list[str]:
@@ -342,16 +389,39 @@ def reconcile_registry(client: Any, name: str, alias: str) -> list[str]:
         to_record[ref.version] = ModelRef(ref.name, ref.version, ref.run_id, ref.source, {**ref.tags, **updates})
         repairs.append(f"version {ref.version}: {PROMOTING} -> {updates[DECISION_TAG]} ({note})")
     newest = versions[-1]
-    if newest.version not in to_record and newest.run_id and not _run_has_record(client, newest):
-        to_record[newest.version] = newest
-        repairs.append(f"version {newest.version}: decision {newest.decision!r} copied to its run {newest.run_id}")
+    if newest.version not in to_record and newest.run_id:
+        run_tags = _live_run_tags(client, newest.run_id)
+        if run_tags is None:
+            repairs.append(_run_gone(newest))
+        elif not _has_record(run_tags, newest):
+            to_record[newest.version] = newest
+            repairs.append(f"version {newest.version}: decision {newest.decision!r} copied to its run {newest.run_id}")
     for ref in to_record.values():
+        if ref.run_id and _live_run_tags(client, ref.run_id) is None:
+            repairs.append(_run_gone(ref))
+            continue
         record_on_run(client, ref.run_id, name, ref.version, ref.tags)
     for line in repairs:
         log.warning("registry %s reconciled: %s", name, line)
     return repairs
 
 
-def _run_has_record(client: Any, ref: ModelRef) -> bool:
-    tags = client.get_run(ref.run_id).data.tags
-    return (tags.get(RUN_MODEL_TAG), tags.get(RUN_VERSION_TAG), tags.get(DECISION_TAG)) == (ref.name, ref.version, ref.decision)
+def _live_run_tags(client: Any, run_id: str) -> dict[str, str] | None:
+    """The run's tags, or None when the run was deleted (``mlflow gc`` may have removed it entirely)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise
+    return None if run.info.lifecycle_stage == "deleted" else run.data.tags
+
+
+def _run_gone(ref: ModelRef) -> str:
+    return f"version {ref.version}: its run {ref.run_id} was deleted; decision {ref.decision!r} kept on the version only"
+
+
+def _has_record(run_tags: dict[str, str], ref: ModelRef) -> bool:
+    return (run_tags.get(RUN_MODEL_TAG), run_tags.get(RUN_VERSION_TAG), run_tags.get(DECISION_TAG)) == (ref.name, ref.version, ref.decision)

@@ -52,7 +52,8 @@ def registry_lock(name: str) -> str:
     return f"ml-registry-{name}"
 
 
-def _is_not_found(exc: Exception) -> bool:
+def is_not_found(exc: Exception) -> bool:
+    """Whether an MLflow error says the model, version, alias or run does not exist."""
     code = str(getattr(exc, "error_code", ""))
     text = str(exc).lower()
     return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in text or "does not exist" in text
@@ -69,7 +70,7 @@ def get_champion(client: Any, name: str, alias: str) -> ModelRef | None:
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _is_not_found(exc):
+        if is_not_found(exc):
             return None
         raise
     return _ref(mv)
@@ -79,7 +80,3 @@ def model_versions(client: Any, name: str) -> list[ModelRef]:
     """Every version of a registered model, oldest first (empty if the model does not exist)."""
     return sorted((_ref(mv) for mv in client.search_model_versions(f"name='{name}'")), key=lambda ref: int(ref.version))
 
-
-def list_versions(client: Any, name: str) -> list[str]:
-    """All version numbers of a registered model (empty if it does not exist)."""
-    return [ref.version for ref in model_versions(client, name)]

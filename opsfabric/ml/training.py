@@ -6,6 +6,7 @@ Nothing is registered here: a candidate becomes a model version only through the
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,12 +18,12 @@ import pandas as pd
 from opsfabric import tracking
 from opsfabric.ml.contract import DatasetContract
 from opsfabric.ml.dataset import FeatureSpec, file_md5, read_table
-from opsfabric.ml.kill_points import CANDIDATE_RUN_OPEN, kill_point
 from opsfabric.ml.model import SAMPLE_WEIGHT_COLUMN, features_of, train_candidate
 from opsfabric.settings import Settings
 from opsfabric.tracking import Lineage
 
 TRAINING_EXPERIMENT = "ml-training"
+EVAL_DIGEST_TAG = "opsfabric.eval_digest"  # on the candidate's run: the content digest of its eval set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,9 +130,25 @@ def retraining_sets(settings: Settings, contract: DatasetContract, recent_paths:
 # ---------------------------------------------------------------------------------------------
 # The candidate and its MLflow run
 # ---------------------------------------------------------------------------------------------
+def evaluation_digest(frame: pd.DataFrame) -> str:
+    """A content digest of a table: column names, then every row's values, in order.
+
+    Two frames have the same digest only if they hold the same rows in the same order (the index
+    is ignored), so the gate can tell "the same eval set" from "another one of the same length".
+    """
+    digest = hashlib.sha256("\x1f".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class CandidateRun:
-    """A trained candidate logged to MLflow. Its eval data travel with it as data, not as a path."""
+    """A trained candidate logged to MLflow. Its eval data travel with it as data, not as a path.
+
+    Attributes:
+        eval_digest: :func:`evaluation_digest` of the rows ``metrics`` were computed on; the gate
+            scores the champion only on data with this digest.
+    """
 
     run_id: str
     model_uri: str
@@ -139,6 +156,7 @@ class CandidateRun:
     decision_threshold: float
     n_train: int
     n_eval: int
+    eval_digest: str
 
 
 def train_and_log(
@@ -152,10 +170,10 @@ def train_and_log(
 ) -> CandidateRun:
     """Fit a candidate and log params, metrics, data sets, eval set and model (signature, example) to MLflow.
 
-    The run ends FAILED if anything raises (``tracking.mlflow_run``). The model is logged last:
-    MLflow's fluent ``log_model`` ends the run when it returns, so nothing may follow it.
+    The run ends FINISHED when everything is logged and FAILED if anything raises
+    (``tracking.mlflow_run``; ``tracking.log_sklearn_model`` leaves the run RUNNING for it to end).
     """
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param, RunTag
 
     params = settings.ml.train
     with tracking.mlflow_run(
@@ -165,11 +183,13 @@ def train_and_log(
             sets.train, sets.evaluation, contract.spec, params.model, seed=params.seed, threshold=params.decision_threshold
         )
         now = int(time.time() * 1000)
+        eval_digest = evaluation_digest(sets.evaluation)
         logged_params = {**trained.params, "test_size": params.test_size, "n_train": trained.n_train, "n_eval": trained.n_eval}
         run.client.log_batch(
             run.run_id,
             metrics=[Metric(f"eval_{k}", v, now, 0) for k, v in trained.metrics.items()],
             params=[Param(k, str(v)) for k, v in logged_params.items()],
+            tags=[RunTag(EVAL_DIGEST_TAG, eval_digest)],
         )
         for part, frame in sets.slice_frames():
             tracking.log_dataset(run, frame, name=f"{part.name}-{part.split}", source=part.source, md5=part.md5, context=part.split)
@@ -179,7 +199,6 @@ def train_and_log(
             sets.evaluation.to_parquet(eval_file, index=False)
             run.client.log_artifact(run.run_id, str(eval_file), "data")
         run.client.log_dict(run.run_id, contract.to_dict(), "data/contract.json")
-        kill_point(CANDIDATE_RUN_OPEN)
         model_uri = tracking.log_sklearn_model(settings, run.run_id, trained.pipeline, features_of(sets.evaluation.head(5), contract.spec))
     return CandidateRun(
         run_id=run.run_id,
@@ -188,4 +207,5 @@ def train_and_log(
         decision_threshold=params.decision_threshold,
         n_train=trained.n_train,
         n_eval=trained.n_eval,
+        eval_digest=eval_digest,
     )

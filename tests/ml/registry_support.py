@@ -3,28 +3,117 @@
 The entry points run in processes started with multiprocessing's ``spawn`` context (a fresh
 interpreter, nothing inherited but the arguments), so a race is a race between processes and a
 kill is a real SIGKILL of a process holding real locks and SQLite connections.
+
+Crash windows are armed inside the child only: the child wraps the MLflow client method (or the
+tracking function) that ends the window so that the process sends itself SIGKILL right after (or
+before) the real call: no ``finally``, no roll back, no ``atexit``, as the OOM killer or a lost
+machine would end it. Production code has no test hook.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import signal
+import time
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
 
-from opsfabric.ml.registry import INTERRUPTED, PROMOTED, REJECTED, get_champion, model_versions
+from opsfabric.ml.registry import DECISION_TAG, INTERRUPTED, PROMOTED, REJECTED, get_champion, model_versions
+
+# Crash windows, in the order a training run and then a gate reach them.
+CANDIDATE_RUN_OPEN = "candidate-run-open"  # the candidate's run has params, metrics and data, no model; still RUNNING
+VERSION_CREATED = "version-created"  # the version exists (tagged promoting or rejected); alias not moved
+ALIAS_MOVED = "alias-moved"  # the alias points at the new version, still tagged promoting
+VERSION_CONFIRMED = "version-confirmed"  # version tagged promoted; its run not told yet
+
+
+def list_versions(client: Any, name: str) -> list[str]:
+    """All version numbers of a registered model (empty if it does not exist)."""
+    return [ref.version for ref in model_versions(client, name)]
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after(owner: Any, name: str, action: Callable[[], None], when: Callable[..., bool] = lambda *a, **k: True) -> None:
+    """Replace ``owner.name`` so that ``action`` runs right after each real call for which ``when`` holds."""
+    real = getattr(owner, name)
+
+    @wraps(real)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        if when(*args, **kwargs):
+            action()
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def _before(owner: Any, name: str, action: Callable[[], None]) -> None:
+    real = getattr(owner, name)
+
+    @wraps(real)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        action()
+        return real(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
+def _confirms_promotion(client: Any, name: str, version: Any = None, key: Any = None, value: Any = None, **_: Any) -> bool:
+    return key == DECISION_TAG and value == PROMOTED
+
+
+def arm(point: str, action: Callable[[], None] = die) -> None:
+    """Make this process run ``action`` (SIGKILL by default) at crash window ``point``."""
+    from mlflow import MlflowClient
+
+    from opsfabric import tracking
+
+    if point == CANDIDATE_RUN_OPEN:  # training: everything logged but the model
+        _before(tracking, "log_sklearn_model", action)
+    elif point == VERSION_CREATED:
+        _after(MlflowClient, "create_model_version", action)
+    elif point == ALIAS_MOVED:
+        _after(MlflowClient, "set_registered_model_alias", action)
+    elif point == VERSION_CONFIRMED:
+        _after(MlflowClient, "set_model_version_tag", action, when=_confirms_promotion)
+    else:
+        raise ValueError(f"unknown crash window {point!r}")
+
+
+def wait_for(ready: Path, go: Path, timeout: float = 120) -> Callable[[], None]:
+    """An action for :func:`arm`: create ``ready``, then wait until ``go`` exists."""
+
+    def action() -> None:
+        ready.touch()
+        deadline = time.monotonic() + timeout
+        while not go.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{go} never appeared")
+            time.sleep(0.05)
+
+    return action
 
 
 def gate_in_child(args: dict[str, Any], results: Any) -> None:
     """Run the gate in this (child) process and put its outcome, or its named error, on ``results``.
 
-    ``args``: settings, candidate, evaluation, spec, lineage; optional ``kill_at`` (a kill point),
-    ``barrier`` (wait on it after the first judgement, so racing children judge before either
-    applies) and ``max_attempts``.
+    ``args``: settings, candidate, evaluation, spec, lineage; optional ``kill_at`` (a crash window:
+    SIGKILL there), ``pause_at`` (``(window, ready, go)``: create the file ``ready`` there and wait
+    for ``go``), ``barrier`` (wait on it after the first judgement, so racing children judge before
+    either applies) and ``max_attempts``.
     """
     from opsfabric.errors import OpsFabricError
-    from opsfabric.ml import kill_points, promotion
+    from opsfabric.ml import promotion
 
     if args.get("kill_at"):
-        os.environ[kill_points.ENV] = args["kill_at"]
+        arm(args["kill_at"])
+    if args.get("pause_at"):
+        point, ready, go = args["pause_at"]
+        arm(point, wait_for(Path(ready), Path(go)))
     barrier = args.get("barrier")
     judged: list[Any] = []
 
@@ -51,10 +140,10 @@ def gate_in_child(args: dict[str, Any], results: Any) -> None:
 
 def train_in_child(args: dict[str, Any], results: Any) -> None:
     """Train and log a candidate in this (child) process; optional ``kill_at`` as in :func:`gate_in_child`."""
-    from opsfabric.ml import kill_points, training
+    from opsfabric.ml import training
 
     if args.get("kill_at"):
-        os.environ[kill_points.ENV] = args["kill_at"]
+        arm(args["kill_at"])
     candidate = training.train_and_log(args["settings"], args["sets"], args["contract"], lineage=args["lineage"], run_name=args["run_name"])
     results.put({"pid": os.getpid(), "run_id": candidate.run_id})
 

@@ -19,8 +19,9 @@ import yaml
 
 from opsfabric import tracking
 from opsfabric.ml.errors import DataLoadError, DataValidationError, RegistrationError
-from opsfabric.ml.registry import get_champion, list_versions
+from opsfabric.ml.registry import get_champion
 from opsfabric.settings import load_settings
+from tests.ml.registry_support import list_versions
 
 pytestmark = pytest.mark.flows
 

@@ -2,7 +2,7 @@
 
 Racing gates run in two spawned processes that both judge against the same champion before
 either applies (a barrier between judging and the lock); crash windows are real SIGKILLs of a
-child at a named point (``opsfabric.ml.kill_points``). After each, the registry must be
+child at a named point (armed inside the child: ``registry_support.arm``). After each, the registry must be
 consistent (``registry_support.registry_problems``) and the next gate must repair what was left.
 """
 
@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,14 +21,16 @@ import pandas as pd
 import pytest
 
 from opsfabric import tracking
-from opsfabric.ml import kill_points, promotion
+from opsfabric.ml import promotion
 from opsfabric.ml.contract import DatasetContract, load_contract
 from opsfabric.ml.lineage import lineage_for
-from opsfabric.ml.registry import get_champion, list_versions, model_versions
+from opsfabric.ml.errors import EvaluationMismatchError, RegistrationError
+from opsfabric.ml.registry import get_champion, model_versions
 from opsfabric.ml.training import CandidateRun, TrainingSets, reference_training_sets, train_and_log
 from opsfabric.settings import Settings, load_settings
 from opsfabric.tracking import Lineage
-from tests.ml.registry_support import gate_in_child, registry_problems, train_in_child
+from tests.ml import registry_support as crash
+from tests.ml.registry_support import gate_in_child, list_versions, registry_problems, train_in_child
 
 pytestmark = pytest.mark.flows
 SPAWN = multiprocessing.get_context("spawn")
@@ -110,6 +115,14 @@ def _killed(process: Any) -> None:
     assert process.exitcode == -signal.SIGKILL, f"child {process.pid} was meant to die by SIGKILL, exited with {process.exitcode}"
 
 
+def _wait_for_file(path: Path, process: Any) -> None:
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while not path.exists():
+        assert process.is_alive(), f"child {process.pid} exited with {process.exitcode} before creating {path}"
+        assert time.monotonic() < deadline, f"child {process.pid} never created {path}"
+        time.sleep(0.05)
+
+
 def _state(settings: Settings) -> tuple[Any, list[str], str | None]:
     client = tracking.mlflow_client(settings)
     champion = get_champion(client, settings.ml.registered_model, settings.ml.champion_alias)
@@ -159,9 +172,9 @@ def test_a_racing_promotion_out_of_attempts_stops_with_a_named_error_and_registe
 # ------------------------------------------------------------------------------------------------
 CRASHES = {
     # point: (state left by the kill: champion, version 2's decision), (the rerun's repair, the rerun's decision)
-    kill_points.VERSION_CREATED: (("1", "promoting"), ("version 2: promoting -> interrupted", True)),
-    kill_points.ALIAS_MOVED: (("2", "promoting"), ("version 2: promoting -> promoted", False)),
-    kill_points.VERSION_CONFIRMED: (("2", "promoted"), ("version 2: decision 'promoted' copied to its run", False)),
+    crash.VERSION_CREATED: (("1", "promoting"), ("version 2: promoting -> interrupted", True)),
+    crash.ALIAS_MOVED: (("2", "promoting"), ("version 2: promoting -> promoted", False)),
+    crash.VERSION_CONFIRMED: (("2", "promoted"), ("version 2: decision 'promoted' copied to its run", False)),
 }
 
 
@@ -185,7 +198,7 @@ def test_a_gate_killed_in_a_crash_window_is_repaired_by_the_next_gate(lab, point
     client, versions, champion = _state(settings)
     assert champion == ("3" if rerun_promotes else "2")
     assert registry_problems(client, name, "champion") == []
-    if point == kill_points.VERSION_CREATED:
+    if point == crash.VERSION_CREATED:
         tags = client.get_model_version(name, "2").tags
         assert tags["gate.decision"] == "interrupted" and "never was champion" in tags["gate.reconciled"]
 
@@ -194,7 +207,7 @@ def test_a_training_killed_with_its_run_open_is_marked_killed_by_the_next_traini
     settings = lab.settings("crash-training")
     process, _ = _start(
         train_in_child,
-        {"settings": settings, "sets": lab.sets, "contract": lab.contract, "lineage": lab.lineage, "run_name": "killed", "kill_at": kill_points.CANDIDATE_RUN_OPEN},
+        {"settings": settings, "sets": lab.sets, "contract": lab.contract, "lineage": lab.lineage, "run_name": "killed", "kill_at": crash.CANDIDATE_RUN_OPEN},
     )
     _killed(process)
     client = tracking.mlflow_client(settings)
@@ -246,3 +259,103 @@ def test_the_decision_threshold_is_recorded_with_the_version_and_scores_with_it(
     scored = pd.read_parquet(path)
     between = scored[(scored.prediction_proba >= 0.3) & (scored.prediction_proba < 0.5)]
     assert len(between) > 0 and (between.prediction == 1).all()
+
+
+def test_production_code_has_no_test_kill_hook():
+    # A hook that makes a process SIGKILL itself must not exist where production runs: the crash
+    # tests arm their kill points inside their own child processes (registry_support.arm).
+    root = Path(__file__).parents[2]
+    files = [p for folder in ("opsfabric", "tasks", "flows") for p in (root / folder).rglob("*.py")]
+    hooked = [str(p.relative_to(root)) for p in files if ("kill_point" in p.read_text() or "OPSFABRIC_TEST_KILL_AT" in p.read_text())]
+    assert hooked == []
+
+
+def test_the_gate_refuses_eval_data_of_the_same_length_but_other_rows(lab):
+    name = "other-eval-rows"
+    settings = lab.settings(name)
+    other = lab.sets.train.iloc[: len(lab.sets.evaluation)].reset_index(drop=True)  # same length and columns
+    assert len(other) == lab.strong_a.n_eval and list(other.columns) == list(lab.sets.evaluation.columns)
+    with pytest.raises(EvaluationMismatchError, match="same data") as info:
+        promotion.gate_and_register(settings, lab.strong_a, other, lab.contract.spec, lineage=lab.lineage)
+    assert isinstance(info.value, ValueError) and lab.strong_a.run_id in str(info.value)
+    assert list_versions(tracking.mlflow_client(settings), name) == []  # refused before writing anything
+    # The candidate's own eval rows pass, whatever object or index carries them.
+    shifted = lab.sets.evaluation.copy().set_axis(range(100, 100 + len(lab.sets.evaluation)))
+    judgement = promotion.judge_candidate(settings, lab.strong_a, shifted, lab.contract.spec)
+    assert judgement.decision.approved
+
+
+def test_a_roll_back_whose_alias_restore_fails_keeps_the_champion_and_says_it_is_incomplete(lab, monkeypatch):
+    from mlflow import MlflowClient
+
+    name = "roll-back-incomplete"
+    settings = lab.with_champion(name)
+    real_set_alias = MlflowClient.set_registered_model_alias
+
+    def restore_fails(self, model, alias, version):
+        if str(version) == "1":  # the move to version 2 works, the move back to 1 does not
+            raise RuntimeError("registry unavailable")
+        return real_set_alias(self, model, alias, version)
+
+    def record_fails(*args, **kwargs):
+        raise RuntimeError("tracking store unavailable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "set_registered_model_alias", restore_fails)
+        patch.setattr(promotion, "record_on_run", record_fails)
+        with pytest.raises(RegistrationError) as info:
+            lab.gate(settings, lab.strong_a)
+    message = str(info.value)
+    assert "roll back incomplete: restore alias failed (RuntimeError: registry unavailable)" in message
+    assert "delete version skipped" in message and "rolled back" not in message
+    # The version was not deleted (MLflow would have deleted the alias with it): the registry is as a
+    # gate killed after confirming the version leaves it, never without a champion.
+    client, versions, champion = _state(settings)
+    assert versions == ["1", "2"] and champion == "2"
+    assert client.get_model_version(name, "2").tags["gate.decision"] == "promoted"
+
+    outcome = lab.gate(settings, lab.strong_b)  # e.g. the Prefect retry
+    assert "version 2: decision 'promoted' copied to its run " + lab.strong_a.run_id in outcome.repairs, outcome.repairs
+    assert not outcome.promoted and outcome.champion_version == "2"  # judged against the real champion
+    assert registry_problems(client, name, "champion") == []
+
+
+def test_a_gate_whose_version_was_reconciled_under_it_rolls_back_its_alias_move(lab, tmp_path):
+    name = "lock-lost"
+    settings = lab.with_champion(name)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    process, results = _start(gate_in_child, lab.gate_args(settings, lab.strong_a, pause_at=(crash.VERSION_CREATED, str(ready), str(go))))
+    _wait_for_file(ready, process)  # the child holds the lock, version 2 is tagged promoting
+    # With the Prefect lock, a stalled holder's lease expires and the next gate takes the lock and
+    # reconciles first thing. That reconcile, here without the lock the child still holds:
+    client = tracking.mlflow_client(settings)
+    repairs = promotion.reconcile_registry(client, name, "champion")
+    assert any(line.startswith("version 2: promoting -> interrupted") for line in repairs), repairs
+    go.touch()
+
+    outcome = _finish(process, results)
+    assert outcome.get("error") == "RegistryLockLostError", outcome
+    assert "'interrupted'" in outcome["message"] and "champion stays 1" in outcome["message"]
+    client, versions, champion = _state(settings)
+    assert champion == "1" and versions == ["1"]  # the alias move and the version were rolled back
+    assert registry_problems(client, name, "champion") == []
+
+
+def test_a_gate_after_a_version_whose_run_was_garbage_collected_skips_that_run_and_says_so(lab):
+    name = "run-collected"
+    settings = lab.settings(name)
+    doomed = train_and_log(
+        lab.settings(name, model={"hyperparameters": {"n_estimators": 1, "max_depth": 1}}), lab.sets, lab.contract, lineage=lab.lineage, run_name="doomed"
+    )
+    assert lab.gate(settings, doomed).version == "1"
+    client = tracking.mlflow_client(settings)
+    client.delete_run(doomed.run_id)
+    gc = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", settings.tracking_uri, "--run-ids", doomed.run_id]
+    subprocess.run(gc, check=True, capture_output=True, timeout=CHILD_TIMEOUT)
+    with pytest.raises(Exception, match="not found|does not exist"):
+        client.get_run(doomed.run_id)
+
+    outcome = lab.gate(settings, lab.strong_a)
+    assert f"version 1: its run {doomed.run_id} was deleted; decision 'promoted' kept on the version only" in outcome.repairs
+    assert outcome.version == "2" and outcome.promoted
+    assert get_champion(client, name, "champion").version == "2"

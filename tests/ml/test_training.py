@@ -87,3 +87,18 @@ def test_features_inferred_for_an_unconfigured_csv():
     spec = resolve_feature_spec(settings.dataset, frame)
     assert len(spec.numeric) == 30 and spec.categorical == [] and spec.target == "target"
     assert "target" not in spec.features and spec.ignored == []
+
+
+def test_the_evaluation_digest_names_the_rows_not_the_index_or_the_length(churn_dir):
+    from opsfabric.ml.training import evaluation_digest
+
+    frame = read_table(churn_dir / "reference.parquet").head(200)
+    same = frame.copy().set_axis(range(1000, 1200))
+    number = frame.select_dtypes("number").columns[0]
+    changed = frame.copy()
+    changed.loc[changed.index[7], number] = frame[number].iloc[7] + 1  # one value of one row
+    reordered = frame.iloc[::-1]
+    assert evaluation_digest(same) == evaluation_digest(frame)
+    assert evaluation_digest(changed) != evaluation_digest(frame)
+    assert evaluation_digest(reordered) != evaluation_digest(frame)
+    assert evaluation_digest(frame.rename(columns={frame.columns[0]: "renamed"})) != evaluation_digest(frame)
