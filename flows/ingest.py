@@ -16,7 +16,18 @@ def ingest_flow(config_files: list[str] | None = None) -> dict:
     return report.summary() | {"mlflow_run_id": run_id}
 
 
-if __name__ == "__main__":
+def main(args: list[str]) -> None:
+    """``python -m flows.ingest [--config FILE]``."""
+    import argparse
     import json
 
+    from flows.ingest import ingest_flow  # imported after --config is in the environment
+
+    argparse.ArgumentParser(prog="python -m flows.ingest", description=ingest_flow.__doc__.splitlines()[0]).parse_args(args)
     print(json.dumps(ingest_flow(), indent=2))
+
+
+if __name__ == "__main__":
+    from opsfabric.cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -12,17 +12,29 @@ from tasks.rag import evaluate_and_gate
 
 @flow(name="rag-eval", log_prints=True)
 def rag_eval_flow(config_files: list[str] | None = None, collection: str | None = None) -> dict:
-    """golden set → evaluate ``collection`` (default: the newest build) vs live → gate → alias."""
+    """golden set → evaluate ``collection`` (default: the newest build not rolled back) vs live → gate → alias.
+
+    A version an operator rolled back goes live again only when named here as ``collection``.
+    """
     config = load_rag_config(flow_settings(config_files))
     prepare_golden(config)
     target = collection or newest_collection(config)
-    return evaluate_and_gate(config, target, None, None).summary()
+    return evaluate_and_gate(config, target, None, None, allow_rolled_back=collection is not None).summary()
 
 
-if __name__ == "__main__":
+def main(args: list[str]) -> None:
+    """``python -m flows.rag_eval [--config FILE] [--collection docs-v0003]``."""
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(description=rag_eval_flow.__doc__)
-    parser.add_argument("--collection", default=None)
-    print(json.dumps(rag_eval_flow(collection=parser.parse_args().collection), indent=2, default=str))
+    from flows.rag_eval import rag_eval_flow  # imported after --config is in the environment
+
+    parser = argparse.ArgumentParser(prog="python -m flows.rag_eval", description=rag_eval_flow.__doc__.splitlines()[0])
+    parser.add_argument("--collection", default=None, help="a version to evaluate and gate (may be a rolled-back one)")
+    print(json.dumps(rag_eval_flow(collection=parser.parse_args(args).collection), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    from opsfabric.cli import run_command
+
+    raise SystemExit(run_command(main))

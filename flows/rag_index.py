@@ -28,10 +28,12 @@ def rag_ask_flow(question: str, config_files: list[str] | None = None) -> dict:
     return answer.to_dict()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
+    """``python -m flows.rag_index [--config FILE] rollback|status|ask``."""
     import argparse
     import json
 
+    from flows.rag_index import rag_ask_flow, rag_rollback_flow  # imported after --config is in the environment
     from opsfabric.rag import operations
     from opsfabric.rag.settings import RagConfig
 
@@ -42,17 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="index versions and the live alias")
     ask = sub.add_parser("ask", help="answer a question from the live index")
     ask.add_argument("question")
-    parser.add_argument("--config", action="append", default=[], help="extra YAML overlay (repeatable)")
     args = parser.parse_args(argv)
-    configs = args.config or None
     if args.command == "rollback":
-        print(json.dumps(rag_rollback_flow(configs, args.to), indent=2))
+        print(json.dumps(rag_rollback_flow(None, args.to), indent=2))
     elif args.command == "status":
-        print(operations.report_json(operations.index_status(RagConfig(flow_settings(configs)))))
+        print(operations.report_json(operations.index_status(RagConfig(flow_settings(None)))))
     else:
-        rag_ask_flow(args.question, configs)
+        rag_ask_flow(args.question, None)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from opsfabric.cli import run_command
+
+    raise SystemExit(run_command(main))

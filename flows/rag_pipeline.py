@@ -25,7 +25,18 @@ def rag_pipeline_flow(config_files: list[str] | None = None) -> dict:
     return {"ingest": report.summary(), "gate": gate}
 
 
-if __name__ == "__main__":
+def main(args: list[str]) -> None:
+    """``python -m flows.rag_pipeline [--config FILE]``."""
+    import argparse
     import json
 
+    from flows.rag_pipeline import rag_pipeline_flow  # imported after --config is in the environment
+
+    argparse.ArgumentParser(prog="python -m flows.rag_pipeline", description=rag_pipeline_flow.__doc__.splitlines()[0]).parse_args(args)
     print(json.dumps(rag_pipeline_flow(), indent=2, default=str))
+
+
+if __name__ == "__main__":
+    from opsfabric.cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -17,14 +17,17 @@ from tasks.ingest import rag_lineage
 
 
 @task(name="evaluate-and-gate-index", cache_policy=NO_CACHE)
-def evaluate_and_gate(config: RagConfig, collection: str, corpus_hash: str | None, index_run_id: str | None) -> GateOutcome:
+def evaluate_and_gate(
+    config: RagConfig, collection: str, corpus_hash: str | None, index_run_id: str | None, allow_rolled_back: bool = False
+) -> GateOutcome:
     """Evaluate a version and the live one on the golden set; move the alias only if it passes and the live one did not change meanwhile.
 
     Each verdict is an MLflow ``rag-eval`` run; a verdict made stale by another run's promotion is
     judged again once (see ``opsfabric.rag.promotion``). No Prefect retries: that is the retry.
+    ``allow_rolled_back``: the operator named ``collection``, which may go live again after a rollback.
     """
     record = partial(records.evaluation_run, config, collection, rag_lineage(config, corpus_hash), index_run_id=index_run_id)
-    outcome = promotion.gate_version(config, collection, record=record)
+    outcome = promotion.gate_version(config, collection, record=record, allow_rolled_back=allow_rolled_back)
     get_run_logger().info("gate %s: %s", collection, outcome.summary())
     create_table_artifact(outcome.verdict.candidate.table(), key="rag-eval-per-question", description=f"Golden-set results of {collection}")
     create_markdown_artifact(gate_markdown(config, outcome), key="rag-gate", description="Index version gate decision")

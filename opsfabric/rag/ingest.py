@@ -221,8 +221,12 @@ def make_chunk_embedder(embed_model: Any, reusable: dict[str, list[float]], coun
     return EmbedNewChunks()
 
 
-def make_vector_store(config: RagConfig, client: Any, collection: str) -> Any:
+def make_vector_store(config: RagConfig, client: Any, collection: str, before_write: Any = None) -> Any:
     """llama-index's ``QdrantVectorStore`` writing a dense and a BM25 sparse vector per chunk.
+
+    ``before_write(force)`` is called before every write: ``force=True`` before an ``add`` (the
+    pipeline writes all its chunks in one ``add`` after every transformation, so the build checks it
+    still owns the version right there), ``False`` before a ``delete``.
 
     The sparse vectors come from our encoders (:mod:`opsfabric.rag.keyword`), so no sparse model
     is downloaded, and they see each chunk's document title with its text (the dense vector sees
@@ -247,6 +251,16 @@ def make_vector_store(config: RagConfig, client: Any, collection: str) -> Any:
         return encode_chunks(titled)
 
     class TitledQdrantVectorStore(QdrantVectorStore):
+        def add(self, nodes: list, **kwargs: Any) -> list[str]:
+            if before_write is not None:
+                before_write(True)
+            return super().add(nodes, **kwargs)
+
+        def delete(self, ref_doc_id: str, **kwargs: Any) -> None:
+            if before_write is not None:
+                before_write(False)
+            return super().delete(ref_doc_id, **kwargs)
+
         def _build_points(self, nodes: list, sparse_vector_name: str) -> Any:
             pending.clear()
             pending.extend((n.get_content(metadata_mode=MetadataMode.EMBED), n.metadata.get("title", "")) for n in nodes)
@@ -326,7 +340,10 @@ def build_index_version(
         try:
             return _build(config, client, claim, corpus, embed_model, show_progress, started)
         except BaseException:
-            claim.lease.abandon()  # the next run resumes it at once instead of waiting for the lease to expire
+            try:
+                claim.lease.abandon()  # the next run resumes it at once instead of waiting for the lease to expire
+            except Exception:  # noqa: BLE001 - the build's own error is the one to report
+                log.exception("could not release the failed build of %s (the next run takes it over once its lease expires)", claim.version.collection)
             raise
 
 
@@ -341,6 +358,10 @@ def _build(config: RagConfig, client: Any, claim: versions.BuildClaim, corpus: L
 
     version, lease = claim.version, claim.lease
     resuming = claim.kind == "resume"
+    if resuming:  # docstores the runs this one took over never moved into place: never used
+        for stale in versions.docstore_path(config, version.collection).parent.glob(f"{version.collection}.pending-*.json"):
+            if stale != lease.pending_docstore():
+                stale.unlink(missing_ok=True)
     may_hold_orphans = resuming or client.collection_exists(version.collection)
     if not client.collection_exists(version.collection):
         dimensions = embedding_dimensions(config, embed_model, client, (version.base_collection,))
@@ -369,9 +390,10 @@ def _build(config: RagConfig, client: Any, claim: versions.BuildClaim, corpus: L
         present = {payload.get("doc_id") for _, payload in qdrant.scroll_payloads(client, version.collection)} if may_hold_orphans else set()
         orphans = sorted(d for d in present - known if d)
         if orphans:
+            lease.renew(force=True)  # still ours? (LeaseLostError otherwise, before deleting anything)
             client.delete(version.collection, models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=orphans))]), wait=True)
             log.warning("deleted chunks of %d document(s) left by an interrupted build: %s", len(orphans), orphans[:5])
-        vector_store = make_vector_store(config, client, version.collection)
+        vector_store = make_vector_store(config, client, version.collection, before_write=lambda force: lease.renew(force=force))
         for doc_id in removed:
             vector_store.delete(doc_id)
             docstore.delete_document(doc_id, raise_error=False)
@@ -384,7 +406,9 @@ def _build(config: RagConfig, client: Any, claim: versions.BuildClaim, corpus: L
             disable_cache=True,
         )
         pipeline.run(documents=documents, show_progress=show_progress, store_doc_text=False)
-    _persist_docstore(docstore, own_docstore)  # only after the upserts are on disk
+    # Only after the upserts are on disk, and beside the version's docstore: finish() moves it into
+    # place once it has checked (under the lock) that this run still owns the build.
+    _persist_docstore(docstore, lease.pending_docstore())
 
     ingested = set(added) | set(changed)
     report = IngestReport(

@@ -46,6 +46,7 @@ def index_status(config: RagConfig) -> dict:
             {
                 "collection": v.collection, "status": v.status, "corpus_hash": v.corpus_hash, "config_hash": v.config_hash,
                 "scores": v.eval_scores, **({"owner": v.owner, "lease_expires_at": v.lease_expires_at} if v.status == "building" else {}),
+                **({"rolled_back_at": v.rolled_back_at, "rolled_back_by": v.rolled_back_by} if v.rolled_back_at else {}),
             }
             for v in registry.versions
         ],

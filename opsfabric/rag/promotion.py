@@ -122,14 +122,19 @@ def judge_version(config: RagConfig, collection: str, embed_model: Any | None = 
     return GateVerdict(decision, candidate, live_result, live)
 
 
-def apply_verdict(config: RagConfig, verdict: GateVerdict, *, eval_run_id: str | None = None) -> GateOutcome:
+def apply_verdict(config: RagConfig, verdict: GateVerdict, *, eval_run_id: str | None = None, allow_rolled_back: bool = False) -> GateOutcome:
     """Record the verdict and move the alias if approved, under the index lock, if the alias has not moved since.
 
     Re-gating the live version records the result but never rejects it: readers still use it.
 
+    Args:
+        allow_rolled_back: put a version an operator rolled back live again (only when the operator
+            named it, e.g. ``rag_eval --collection``); otherwise such a version is refused.
+
     Raises:
         StaleGateDecisionError: the alias points elsewhere than when the verdict was made.
-        IndexVersionError: the candidate was retired or deleted in the meantime.
+        IndexVersionError: the candidate was retired or deleted in the meantime, or rolled back
+            and not named explicitly.
     """
     collection = verdict.decision.candidate
     purpose = f"apply the gate decision for {collection}"
@@ -142,6 +147,8 @@ def apply_verdict(config: RagConfig, verdict: GateVerdict, *, eval_run_id: str |
             )
         version = registry.get(collection)
         versions.check_servable(config, version, "apply the gate decision to")
+        if live != collection and not allow_rolled_back:
+            check_not_rolled_back(version)
         if not client.collection_exists(collection):
             raise IndexVersionError(f"cannot apply the gate decision to {collection!r}: the collection was deleted")
         version.eval_scores = {k: round(v, 6) for k, v in verdict.candidate.aggregates.items()}
@@ -177,12 +184,34 @@ def _unrecorded() -> Iterator[_Unrecorded]:
     yield _Unrecorded()
 
 
+def check_not_rolled_back(version: versions.IndexVersion) -> None:
+    """Raise if an operator rolled ``version`` back: only naming it explicitly puts it live again.
+
+    Raises:
+        IndexVersionError: naming when and by whom it was rolled back.
+    """
+    if version.rolled_back_at:
+        raise IndexVersionError(
+            f"{version.collection} was rolled back at {version.rolled_back_at} by {version.rolled_back_by}: "
+            "the gate does not put it live again by itself",
+            hint=f"to promote it anyway, name it: python -m flows.rag_eval --collection {version.collection}",
+        )
+
+
 def gate_version(
-    config: RagConfig, collection: str, embed_model: Any | None = None, *, attempts: int | None = None, record: Callable[[], ContextManager[Any]] | None = None
+    config: RagConfig,
+    collection: str,
+    embed_model: Any | None = None,
+    *,
+    attempts: int | None = None,
+    record: Callable[[], ContextManager[Any]] | None = None,
+    allow_rolled_back: bool = False,
 ) -> GateOutcome:
     """Judge ``collection`` and apply the verdict; judge again if the live version changed meanwhile.
 
     Args:
+        allow_rolled_back: the operator named ``collection``: it may go live again even if it was
+            rolled back (otherwise such a version is refused before it is evaluated).
         attempts: verdicts tried at most (default ``rag.gate.stale_attempts``); the last stale one raises.
         record: opens one record per attempt (``records.evaluation_run``), which gets the verdict,
             then the outcome or the reason it was stale.
@@ -193,13 +222,18 @@ def gate_version(
     attempts = attempts or config.rag.gate.stale_attempts
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
+    if not allow_rolled_back:  # fail before minutes of evaluation; apply_verdict checks again under the lock
+        version = versions.VersionRegistry.load(config).get(collection)
+        versions.check_servable(config, version, "evaluate and gate")  # the error judge_version would give first
+        if version.status != "live":
+            check_not_rolled_back(version)
     stale: list[str] = []
     for attempt in range(1, attempts + 1):
         with (record or _unrecorded)() as run:
             verdict = judge_version(config, collection, embed_model)
             run.log_verdict(verdict)
             try:
-                outcome = apply_verdict(config, verdict, eval_run_id=run.run_id)
+                outcome = apply_verdict(config, verdict, eval_run_id=run.run_id, allow_rolled_back=allow_rolled_back)
             except StaleGateDecisionError as exc:
                 run.log_stale(exc)
                 stale.append(str(exc))
@@ -214,10 +248,13 @@ def gate_version(
 
 
 def newest_collection(config: RagConfig) -> str:
-    """The newest finished build with the current index config (what rag-eval evaluates by default)."""
-    version = versions.VersionRegistry.load(config).latest_complete(config.index_config_hash())
-    if version is None:
-        raise IndexVersionError(
-            f"no built index version for the current index config {config.index_config_hash()}", hint="run the ingest flow first"
-        )
-    return version.collection
+    """The newest finished build with the current index config that no operator rolled back (what rag-eval evaluates by default)."""
+    config_hash = config.index_config_hash()
+    registry = versions.VersionRegistry.load(config)
+    for version in reversed(registry.versions):
+        if version.status in versions.FINISHED and version.config_hash == config_hash and not version.rolled_back_at:
+            return version.collection
+    raise IndexVersionError(
+        f"no built index version for the current index config {config_hash} that was not rolled back",
+        hint="run the ingest flow first, or name a rolled-back version with --collection",
+    )

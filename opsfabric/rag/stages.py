@@ -72,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", action="append", default=[], help="extra YAML overlay (repeatable)")
     args = parser.parse_args(argv)
     configure_runtime_env()
+    from opsfabric.errors import OpsFabricError
     from opsfabric.settings import load_settings
 
-    STAGES[args.stage](load_settings(*args.config))
+    try:
+        STAGES[args.stage](load_settings(*args.config))
+    except OpsFabricError as exc:  # a named error: its message and what to do, not a traceback
+        hint = f"\nhint: {exc.hint}" if exc.hint else ""
+        print(f"stage {args.stage} failed: {exc}{hint}", file=sys.stderr)
+        return 1
     return 0
 
 

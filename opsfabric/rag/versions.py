@@ -12,11 +12,12 @@ Concurrency (docs/rag.md, "Locks, leases and compare-and-set"):
   write (:func:`updating`: load, change, save) and every alias move happens under it. In local mode
   every operation that opens Qdrant holds it for its whole duration (:func:`index_session`), because
   Qdrant local mode admits one process per folder: a second run waits for the first instead of failing.
-* **A lease** on a build in progress: its owner (host, pid, process start time) and ``lease_expires_at``,
-  renewed while it builds. Another run takes the build over (resumes it) only when the lease has
-  expired or the owner is provably dead on this host; otherwise it stops with
-  :class:`BuildInProgressError`. An owner whose build was taken over stops at its next renewal
-  (:class:`LeaseLostError`).
+* **A lease** on a build in progress: its owner (host, pid, process start time, a token per claim)
+  and ``lease_expires_at``, renewed while it builds. Another run takes the build over (resumes it)
+  only when the owner is provably dead on this host or gave the build up, or, for an owner on
+  another host, its lease expired; otherwise it stops with :class:`BuildInProgressError`. An owner
+  whose build was taken over stops (:class:`LeaseLostError`) at its next renewal, before its upsert,
+  or at the latest when it finishes, before its docstore replaces the version's.
 * **Compare-and-set** on the alias: the gate applies a decision only if the alias still points where
   it pointed when the candidate and the live version were scored (``opsfabric.rag.promotion``).
 """
@@ -29,6 +30,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -44,8 +46,6 @@ from opsfabric.rag.settings import RagConfig
 log = logging.getLogger(__name__)
 
 FINISHED = frozenset({"built", "live", "rejected"})  # builds a reader could use
-# How long a build's claim lasts without renewal, and how often a build renews it. The lease must
-# outlast the longest stretch between two renewals (one embedding slice, one copy batch).
 
 
 def _now() -> datetime:
@@ -111,6 +111,10 @@ class IndexVersion:
     decision: dict = field(default_factory=dict)
     mlflow_run_id: str | None = None  # the rag-index run
     eval_run_id: str | None = None  # the rag-eval run whose decision is recorded here
+    # Set when a rollback takes the alias off this version (cleared when it is promoted again): the
+    # default gate run never puts it back live; only an operator naming it does.
+    rolled_back_at: str | None = None
+    rolled_back_by: str | None = None  # host, pid and command of the rollback
 
 
 @dataclass
@@ -124,15 +128,22 @@ class VersionRegistry:
     path: Path
     versions: list[IndexVersion] = field(default_factory=list)
     live_history: list[str] = field(default_factory=list)  # collections, oldest first
+    # An alias move under way: {"kind": "promote" | "rollback", "target", "previous"}. Saved before
+    # the alias moves and cleared with the registry save after it, so a crash in between tells
+    # reconcile_live which move it was (a re-promotion of an older version is not a rollback).
+    pending_move: dict | None = None
 
     @classmethod
     def load(cls, config: RagConfig) -> "VersionRegistry":
-        path = registry_path(config)
+        return cls.read(registry_path(config))
+
+    @classmethod
+    def read(cls, path: Path) -> "VersionRegistry":
         if not path.exists():
             return cls(path)
         try:
             data = json.loads(path.read_text())
-            return cls(path, [IndexVersion(**v) for v in data["versions"]], data.get("live_history", []))
+            return cls(path, [IndexVersion(**v) for v in data["versions"]], data.get("live_history", []), data.get("pending_move"))
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexVersionError(
                 f"{path}: unreadable index version registry ({exc.__class__.__name__}: {exc})",
@@ -143,7 +154,8 @@ class VersionRegistry:
         """Atomic write (temp file + rename): a crash leaves the old or the new registry, never half."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"versions": [asdict(v) for v in self.versions], "live_history": self.live_history}, indent=2))
+        data = {"versions": [asdict(v) for v in self.versions], "live_history": self.live_history, "pending_move": self.pending_move}
+        tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, self.path)
 
     def get(self, collection: str) -> IndexVersion:
@@ -196,9 +208,20 @@ def docstore_path(config: RagConfig, collection: str) -> Path:
 
 # ---- build ownership and leases -------------------------------------------------------------------
 def current_owner() -> dict:
-    """Who is building: host, pid and process start time (a pid alone can be reused), and the command."""
+    """This process: host, pid and process start time (a pid alone can be reused), and the command."""
     pid = os.getpid()
     return {"host": socket.gethostname(), "pid": pid, "started": process_start_ticks(pid), "command": " ".join(sys.argv[:3])}
+
+
+def new_claim_owner() -> dict:
+    """The owner of one claim: this process plus a token of its own, so two builds (threads) of one
+    process, or a build and its own earlier abandoned claim, are never the same owner."""
+    return current_owner() | {"token": uuid.uuid4().hex}
+
+
+def _this_process(owner: dict | None) -> bool:
+    me = current_owner()
+    return bool(owner) and all(owner.get(key) == me[key] for key in ("host", "pid", "started"))
 
 
 def owner_alive(owner: dict | None) -> bool | None:
@@ -216,16 +239,27 @@ def describe_owner(version: IndexVersion) -> str:
     return f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('command') or 'unknown command'}), lease until {version.lease_expires_at}"
 
 
-# Builds this process is running now (thread-safe enough: set add/discard are atomic under the GIL).
+# Builds this process is running now. Changed only under the index lock (in the same block as the
+# registry entry it mirrors), so a claim in another thread never sees one without the other.
 _ACTIVE_BUILDS: set[str] = set()
 
 
 def takeover_reason(version: IndexVersion, now: datetime | None = None) -> str | None:
-    """Why a ``building`` version may be taken over (owner dead, lease expired), or None if it may not."""
-    if owner_alive(version.owner) is False:
+    """Why a ``building`` version may be taken over (owner dead, lease expired), or None if it may not.
+
+    An owner provably alive on this host is never taken over, even past its lease: a stalled build
+    (swapped out, stopped) could wake up and write into the version after the new owner cleaned
+    it. Only an owner that cannot be checked from here (another host) loses its build by expiry.
+    """
+    if (version.owner or {}).get("released"):
+        return f"its owner {describe_owner(version)} gave it up after a failure"
+    alive = owner_alive(version.owner)
+    if alive is False:
         return f"its owner {describe_owner(version)} is no longer running"
-    if version.owner == current_owner() and version.collection not in _ACTIVE_BUILDS:
+    if _this_process(version.owner) and version.collection not in _ACTIVE_BUILDS:
         return "this process's earlier build of it stopped before finishing"
+    if alive:
+        return None
     expires = datetime.fromisoformat(version.lease_expires_at) if version.lease_expires_at else None
     if expires is None or expires <= (now or _now()):
         return f"its lease expired ({describe_owner(version)})"
@@ -276,22 +310,37 @@ class BuildLease:
             version.copied_from_base = True
             self.extend(version)
 
+    def pending_docstore(self) -> Path:
+        """Where this build writes its docstore; :meth:`finish` moves it into place if the build is still ours."""
+        return docstore_path(self.config, self.collection).with_suffix(f".pending-{self.owner['token']}.json")
+
     def finish(self, corpus_hash: str, stats: dict) -> IndexVersion:
-        """Mark the build finished (``built``) and release it. Call only when its points and docstore are durable."""
+        """Mark the build finished (``built``) and release it. Call only when its points are durable.
+
+        The docstore written to :meth:`pending_docstore` becomes the version's docstore here, under
+        the lock and only after the ownership check: a build that lost its lease never replaces the
+        docstore of the run that took it over.
+        """
         with updating(self.config, f"finish the build of {self.collection}") as registry:
             version = self.holding(registry)
+            os.replace(self.pending_docstore(), docstore_path(self.config, self.collection))
             version.status, version.corpus_hash, version.built_at, version.stats = "built", corpus_hash, _stamp(), stats
             version.owner = version.lease_expires_at = None
-        _ACTIVE_BUILDS.discard(self.collection)
+            _ACTIVE_BUILDS.discard(self.collection)
         return version
 
     def abandon(self) -> None:
         """The build failed: expire the lease now, so the next run (in any process) resumes it at once."""
-        _ACTIVE_BUILDS.discard(self.collection)
-        with updating(self.config, f"release the failed build of {self.collection}") as registry:
-            version = registry.get(self.collection)
-            if version.status == "building" and version.owner == self.owner:  # not ours any more: leave it
-                version.lease_expires_at = _stamp()
+        try:
+            self.pending_docstore().unlink(missing_ok=True)
+            with updating(self.config, f"release the failed build of {self.collection}") as registry:
+                version = registry.find(self.collection)
+                if version is not None and version.status == "building" and version.owner == self.owner:  # else not ours: leave it
+                    # Released, not merely expired: the owner may live on (a worker), yet no longer builds it.
+                    version.owner = self.owner | {"released": True}
+                    version.lease_expires_at = _stamp()
+        finally:
+            _ACTIVE_BUILDS.discard(self.collection)  # late is safe: a build still listed is only never taken over
 
 
 @dataclass
@@ -351,12 +400,12 @@ def claim_build(config: RagConfig, client: Any, corpus_hash: str, *, lease_secon
             kind, reason = "new", ""
         ingest = config.rag.ingest
         lease = BuildLease(
-            config, version.collection, current_owner(),
+            config, version.collection, new_claim_owner(),
             seconds=lease_seconds or ingest.lease_seconds, renew_after=min(ingest.lease_renew_seconds, (lease_seconds or ingest.lease_seconds) / 3),
         )
         version.owner = lease.owner
         lease.extend(version)
-    _ACTIVE_BUILDS.add(version.collection)
+        _ACTIVE_BUILDS.add(version.collection)  # inside the lock, with the registry entry it mirrors
     return BuildClaim(kind, version, lease, reason)
 
 
@@ -401,9 +450,12 @@ def reconcile_live(client: Any, config: RagConfig, registry: VersionRegistry) ->
     """Make the registry agree with the alias, which is the truth readers see; return the live collection.
 
     Call inside :func:`updating` (or use :func:`reconciled`). Repairs the state a crash leaves between
-    moving the alias and saving the registry: a promotion cut short is completed, a rollback cut
-    short is finished.
+    moving the alias and saving the registry: the move recorded in ``pending_move`` is completed if
+    the alias made it (a promotion is recorded, a rollback finished), forgotten if it did not.
+    Without a marker (a registry written before markers existed, or an alias moved by hand), a live
+    collection found earlier in the history is taken for a rollback, any other for a promotion.
     """
+    pending, registry.pending_move = registry.pending_move, None
     live = qdrant.alias_target(client, config.rag.store.alias)
     if live is None:
         return None
@@ -413,14 +465,57 @@ def reconcile_live(client: Any, config: RagConfig, registry: VersionRegistry) ->
     stale = [v for v in registry.versions if v.status == "live" and v.collection != live]
     if version.status != "live" or stale or not registry.live_history or registry.live_history[-1] != live:
         log.warning("registry %s disagreed with alias %s -> %s: repaired", registry.path, config.rag.store.alias, live)
-        for v in stale:
-            v.status = "built"
-        version.status = "live"
-        if live in registry.live_history:  # a rollback to it was cut short: forget what came after it
-            registry.live_history = registry.live_history[: len(registry.live_history) - registry.live_history[::-1].index(live)]
-        else:  # a promotion was cut short
-            registry.live_history.append(live)
+        if pending and pending.get("target") == live:  # the move under way when the last run stopped
+            kind = pending["kind"]
+        else:
+            kind = "rollback" if live in registry.live_history else "promote"
+        if kind == "rollback":
+            previous = (pending or {}).get("previous")
+            if previous is None:  # no marker: forget what came after the live collection
+                cut = len(registry.live_history) - registry.live_history[::-1].index(live)
+                registry.live_history = registry.live_history[:cut]
+            _record_rollback(registry, previous, live)
+        else:
+            _record_promotion(registry, live)
     return live
+
+
+def _begin_move(registry: VersionRegistry, kind: str, target: str, previous: str | None) -> None:
+    """Save the intended alias move (and nothing else the block changed so far) before making it."""
+    marker = {"kind": kind, "target": target, "previous": previous, "at": _stamp()}
+    on_disk = VersionRegistry.read(registry.path)  # under the lock: what the block loaded
+    on_disk.pending_move = registry.pending_move = marker
+    on_disk._save()
+
+
+def _record_promotion(registry: VersionRegistry, collection: str) -> None:
+    for v in registry.versions:
+        if v.status == "live" and v.collection != collection:
+            v.status = "built"
+    target = registry.get(collection)
+    target.status = "live"
+    target.rolled_back_at = target.rolled_back_by = None  # put live again on purpose
+    if not registry.live_history or registry.live_history[-1] != collection:
+        registry.live_history.append(collection)
+    registry.pending_move = None
+
+
+def _record_rollback(registry: VersionRegistry, current: str | None, to: str) -> None:
+    for v in registry.versions:
+        if v.status == "live" and v.collection != to:
+            v.status = "built"
+    if current and current != to and (version := registry.find(current)) is not None:
+        version.rolled_back_at = _stamp()
+        owner = current_owner()
+        version.rolled_back_by = f"pid {owner['pid']} on {owner['host']} ({owner['command'] or 'unknown command'})"
+    # drop the rolled-back version from the history so a second rollback goes further back
+    registry.live_history = [c for c in registry.live_history if c != current]
+    target = registry.get(to)
+    target.status = "live"
+    target.rolled_back_at = target.rolled_back_by = None  # put live again on purpose
+    if not registry.live_history or registry.live_history[-1] != to:
+        registry.live_history.append(to)
+    registry.pending_move = None
 
 
 @contextmanager
@@ -439,17 +534,17 @@ def reconciled(config: RagConfig, client: Any, purpose: str) -> Iterator[tuple[V
 def promote(client: Any, config: RagConfig, registry: VersionRegistry, collection: str) -> None:
     """Point the live alias at ``collection`` and record it as live. Call inside :func:`updating`."""
     previous = qdrant.alias_target(client, config.rag.store.alias)
+    _begin_move(registry, "promote", collection, previous)
     qdrant.move_alias(client, config.rag.store.alias, collection)
     # A crash here leaves the alias moved and the registry unsaved: reconcile_live completes it.
-    for v in registry.versions:
-        if v.collection == previous and v.status == "live":
-            v.status = "built"
-    registry.get(collection).status = "live"
-    registry.live_history.append(collection)
+    _record_promotion(registry, collection)
 
 
 def rollback(client: Any, config: RagConfig, registry: VersionRegistry, to: str | None = None) -> tuple[str | None, str]:
     """Point the alias back at the previous live version (or at ``to``); call inside :func:`reconciled`. Returns (from, to).
+
+    The version taken off the alias is marked ``rolled_back_at``: the default gate run
+    (:func:`opsfabric.rag.promotion.newest_collection`) no longer picks it.
 
     Raises:
         IndexVersionError: nothing to roll back to, or the target is unfinished, unsearchable or deleted.
@@ -465,14 +560,9 @@ def rollback(client: Any, config: RagConfig, registry: VersionRegistry, to: str 
     check_servable(config, target, f"roll back alias {alias!r} to")
     if not client.collection_exists(to):
         raise IndexVersionError(f"cannot roll back alias {alias!r} to {to!r}: the collection was deleted")
+    _begin_move(registry, "rollback", to, current)
     qdrant.move_alias(client, alias, to)
-    if current and (version := registry.find(current)) is not None:
-        version.status = "built"
-    # drop the rolled-back version from the history so a second rollback goes further back
-    registry.live_history = [c for c in registry.live_history if c != current]
-    target.status = "live"
-    if not registry.live_history or registry.live_history[-1] != to:
-        registry.live_history.append(to)
+    _record_rollback(registry, current, to)
     return current, to
 
 
@@ -480,15 +570,15 @@ def retire_old_versions(client: Any, config: RagConfig, registry: VersionRegistr
     """Delete collections beyond ``rag.store.keep_versions``; call inside :func:`updating`.
 
     Never deleted: the live version and its rollback target, the base of a build in progress, and
-    versions newer than the newest judged one (built, not yet evaluated: another run may be about
-    to evaluate them).
+    finished builds without a gate decision (another run may be evaluating them right now; with a
+    Qdrant server that run holds no lock while it evaluates). A build nobody ever gates therefore
+    stays until it is gated (``rag_eval --collection``) or deleted by hand.
     """
     keep = set(registry.live_history[-2:]) | {v.base_collection for v in registry.versions if v.status == "building"}
-    newest_judged = max((v.version for v in registry.versions if v.decision or v.status in {"live", "rejected"}), default=0)
     finished = [v for v in registry.versions if v.status in FINISHED | {"failed"}]
     retired = []
     for v in finished[: max(0, len(finished) - config.rag.store.keep_versions)]:
-        if v.collection in keep or v.version > newest_judged:
+        if v.collection in keep or (v.status == "built" and not v.decision):
             continue
         if client.collection_exists(v.collection):
             client.delete_collection(v.collection)

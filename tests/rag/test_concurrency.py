@@ -65,6 +65,13 @@ def test_a_running_build_is_never_taken_over_and_a_killed_one_is_resumed(overlay
         claimed = versions.VersionRegistry.load(config).get("docs-v0001")
         assert claimed.status == "building" and claimed.owner["pid"] == claimer.process.pid  # untouched
         assert not (config.qdrant_path / "collection" / "docs-v0001").exists()
+        # a stalled owner (past its lease) that is alive on this host is not taken over either: it could
+        # wake up and write into the version after the new owner cleaned it
+        with versions.updating(config, "test: the claimer stalls past its lease") as registry:
+            registry.get("docs-v0001").lease_expires_at = "2020-01-01T00:00:00+00:00"
+        with pytest.raises(BuildInProgressError, match=rf"docs-v0001 is being built by pid {claimer.process.pid} on .*lease until 2020-01-01"):
+            build(config, embedder)
+        assert versions.VersionRegistry.load(config).get("docs-v0001").owner == claimed.owner
     finally:
         claimer.process.send_signal(signal.SIGKILL)
         claimer.wait()

@@ -42,8 +42,12 @@ def test_a_build_killed_at_each_window_is_resumed_to_a_fresh_build(point, overla
     assert f"pid {child.process.pid}" in resumed.resumed_because and "no longer running" in resumed.resumed_because
     if point == "after-copy":  # not recorded, so copied again: same ids, nothing doubled
         assert resumed.chunks_copied == v1.chunks_total
-    if point == "before-built":  # everything was written: the resume only records it
-        assert resumed.chunks_copied == resumed.chunks_embedded == 0 and not resumed.documents_added + resumed.documents_changed
+    if point == "before-built":
+        # points written, docstore written beside the version's own (finish moves it into place only
+        # once it holds the lease): the resume does not copy again, redoes the diff, drops the leftover
+        assert resumed.chunks_copied == 0 and resumed.documents_added == ["extra.txt"], resumed.summary()
+        docstores = versions.docstore_path(config, interrupted.collection).parent
+        assert sorted(p.name for p in docstores.glob(f"{interrupted.collection}*")) == [f"{interrupted.collection}.json"]
 
 
 def test_a_promotion_killed_after_the_alias_moved_is_completed_by_the_next_run(overlay_file, make_rag_config, embedder):
@@ -87,3 +91,24 @@ def test_a_rollback_killed_after_the_alias_moved_is_finished_not_reversed(overla
         operations.rollback_index(config)
     registry = versions.VersionRegistry.load(config)
     assert registry.live_history == [v1] and registry.get(v1).status == "live" and registry.get(v2).status == "built"
+
+
+def test_a_re_promotion_killed_after_the_alias_moved_is_completed_not_taken_for_a_rollback(overlay_file, make_rag_config, embedder, tiny_corpus: Path):
+    overlay, config = overlay_file(golden_docs=SMALL_GOLDEN)[0], make_rag_config(golden_docs=SMALL_GOLDEN)
+    v1 = build(config, embedder).collection
+    promotion.gate_version(config, v1, embedder)
+    (tiny_corpus / "extra.md").write_text("# Extra\n\nA short page about index rotation windows.\n")
+    v2 = build(config, embedder).collection
+    assert promotion.gate_version(config, v2, embedder).promoted
+    qdrant.close_all_clients()
+
+    # an operator puts v1 (earlier in the history) live again by name; killed once the alias moved
+    child = run("gate", overlay, "--collection", v1, "--die-at", "after-alias-move")
+    assert child.killed, child.stderr[-3000:]
+    assert live_alias(config) == v1
+    registry = versions.VersionRegistry.load(config)
+    assert registry.live_history == [v1, v2] and registry.pending_move["kind"] == "promote" and registry.pending_move["target"] == v1
+    # the next run completes the promotion: v2 stays the rollback target
+    assert operations.rollback_index(config) == {"alias": config.rag.store.alias, "from": v1, "to": v2}
+    registry = versions.VersionRegistry.load(config)
+    assert registry.pending_move is None and registry.get(v2).status == "live" and registry.get(v1).rolled_back_at

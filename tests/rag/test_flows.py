@@ -66,5 +66,8 @@ def test_pipeline_promotes_then_rerun_embeds_nothing_then_rollback(prefect_api, 
     assert gated["candidate"] == "docs-v0002"
     assert gated["approved"] and gated["live_collection"] == "docs-v0002", gated["reasons"]
     assert rag_rollback_flow(config_files) == {"alias": "docs-live", "from": "docs-v0002", "to": "docs-v0001"}
+    # the default gate run evaluates the newest version nobody rolled back: the rollback sticks
+    regated = rag_eval_flow(config_files)
+    assert regated["candidate"] == "docs-v0001" and regated["live_collection"] == "docs-v0001" and not regated["promoted"]
     config = RagConfig(settings)
     assert qdrant.alias_target(qdrant.open_client(config), "docs-live") == "docs-v0001"

@@ -40,6 +40,22 @@ def test_registry_follows_the_alias_and_rollback_refuses_unusable_versions(make_
     registry = versions.VersionRegistry.load(config)
     assert registry.get(v1.collection).status == "live" and registry.get(v2.collection).status == "built"
 
+    # a rolled-back version stays off the alias: the default gate run (rag_eval without --collection)
+    # does not pick it, and a verdict on it is not applied unless an operator names it
+    assert registry.get(v2.collection).rolled_back_at and "pid" in registry.get(v2.collection).rolled_back_by
+    assert promotion.newest_collection(config) == v1.collection
+    with pytest.raises(IndexVersionError, match=rf"{v2.collection} was rolled back at .* does not put it live again") as refused:
+        promotion.gate_version(config, v2.collection, embedder)
+    assert f"--collection {v2.collection}" in refused.value.hint
+    assert verdict.live_collection == v1.collection  # the verdict made earlier is not stale: v1 is live again
+    with pytest.raises(IndexVersionError, match="rolled back"):
+        promotion.apply_verdict(config, verdict)
+    assert qdrant.alias_target(client, config.rag.store.alias) == v1.collection
+    assert promotion.apply_verdict(config, verdict, allow_rolled_back=True).promoted  # named by the operator
+    registry = versions.VersionRegistry.load(config)
+    assert registry.get(v2.collection).status == "live" and registry.get(v2.collection).rolled_back_at is None
+    assert operations.rollback_index(config)["to"] == v1.collection
+
     # re-gating the live version with stricter thresholds records the failure but never rejects what readers use
     strict = make_rag_config(gate={"thresholds": {"mrr": 1.01}})
     regate = promotion.gate_version(strict, v1.collection, embedder)
