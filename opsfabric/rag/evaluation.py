@@ -119,14 +119,16 @@ def llm_judge_scores(config: Any, rows: list[dict]) -> list[dict[str, float]]:
     from ragas.llms import LangchainLLMWrapper
     from ragas.metrics import Faithfulness, ResponseRelevancy
 
+    from opsfabric.endpoints import api_key_or_placeholder
+
     llm = config.rag.llm
-    key = config.secret(llm.api_key_env) or "not-needed"
+    key = api_key_or_placeholder(llm.api_key_env, purpose="ragas judge")
     judge = LangchainLLMWrapper(
         ChatOpenAI(base_url=llm.base_url, model=llm.model, api_key=key, temperature=0, timeout=llm.timeout_seconds, max_retries=2)
     )
     emb = config.rag.embedding
     if emb.backend == "openai":
-        embeddings = LangchainEmbeddingsWrapper(OpenAIEmbeddings(base_url=emb.base_url, model=emb.model, api_key=config.secret(emb.api_key_env) or key))
+        embeddings = LangchainEmbeddingsWrapper(OpenAIEmbeddings(base_url=emb.base_url, model=emb.model, api_key=api_key_or_placeholder(emb.api_key_env, purpose="ragas embeddings")))
     else:
         from langchain_community.embeddings import HuggingFaceEmbeddings
 
