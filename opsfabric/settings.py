@@ -284,10 +284,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def merge_config(base: dict[str, Any], overlay: dict[str, Any], *, depth: int = 0) -> dict[str, Any]:
-    """Deep-merge ``overlay`` into ``base``; sections in REPLACED_SECTIONS are replaced whole."""
+    """Deep-merge ``overlay`` into ``base``.
+
+    Replaced whole instead of merged: sections in REPLACED_SECTIONS, and a mapping whose ``kind``
+    changes (a discriminated choice such as ``agents.model`` or ``orchestration.lock``: the keys of
+    one kind mean nothing to another).
+    """
     merged = dict(base)
     for key, value in overlay.items():
-        replace = depth == 0 and key in REPLACED_SECTIONS
+        old = merged.get(key)
+        kind_changes = isinstance(value, dict) and isinstance(old, dict) and "kind" in value and value["kind"] != old.get("kind")
+        replace = (depth == 0 and key in REPLACED_SECTIONS) or kind_changes
         if isinstance(value, dict) and isinstance(merged.get(key), dict) and not replace:
             merged[key] = merge_config(merged[key], value, depth=depth + 1)
         else:
@@ -307,6 +314,27 @@ def config_files(extra: list[str | Path] | None = None, root: Path = PROJECT_ROO
 # The YAML files of the load_settings call in progress; a context variable, so threads (Prefect
 # tasks) loading different configurations at once do not see each other's files.
 _CONFIG_FILES: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("opsfabric_config_files", default=None)
+# The keyword overrides of the load_settings call in progress (already merged with the YAML).
+_OVERRIDES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("opsfabric_overrides", default=None)
+
+
+def _drop_superseded_kinds(yaml_part: dict[str, Any], overrides: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """YAML without the mappings whose ``kind`` an override or environment variable changes.
+
+    pydantic-settings deep-merges its sources, so the YAML's keys of one kind (``agents.model``'s
+    offline planner settings) would leak into an overriding mapping of another kind (``openai``).
+    """
+    kept: dict[str, Any] = {}
+    for key, value in yaml_part.items():
+        here = (*path, key)
+        override = overrides.get(key) if isinstance(overrides, dict) else None
+        if isinstance(value, dict) and "kind" in value:
+            env_kind = os.environ.get("OPSFABRIC_" + "__".join(here).upper() + "__KIND")
+            override_kind = override.get("kind") if isinstance(override, dict) else None
+            if any(k is not None and k != value["kind"] for k in (env_kind, override_kind)):
+                continue
+        kept[key] = _drop_superseded_kinds(value, override or {}, here) if isinstance(value, dict) else value
+    return kept
 
 
 class _YamlDefaults(PydanticBaseSettingsSource):
@@ -317,7 +345,7 @@ class _YamlDefaults(PydanticBaseSettingsSource):
         merged: dict[str, Any] = {}
         for file in config_files() if files is None else files:
             merged = merge_config(merged, _read_yaml(file))
-        return merged
+        return _drop_superseded_kinds(merged, _OVERRIDES.get() or {})
 
     def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC
         return None, field_name, False
@@ -338,6 +366,7 @@ def load_settings(*extra_files: str | Path, root: Path = PROJECT_ROOT, **overrid
     """
     files = config_files(list(extra_files), root)
     token = _CONFIG_FILES.set(files)
+    overrides_token = _OVERRIDES.set(overrides)
     try:
         yaml_values = _YamlDefaults(Settings)()
         # Overrides merge over YAML for nested sections so a test can set one key of a section.
@@ -353,6 +382,7 @@ def load_settings(*extra_files: str | Path, root: Path = PROJECT_ROOT, **overrid
             ) from None
     finally:
         _CONFIG_FILES.reset(token)
+        _OVERRIDES.reset(overrides_token)
 
 
 def _describe_error(error: dict, files: list[Path], overrides: dict[str, Any]) -> str:

@@ -110,3 +110,22 @@ def test_concurrent_loads_keep_their_own_files(tmp_path):
     with ThreadPoolExecutor(max_workers=8) as pool:
         seeds = list(pool.map(lambda p: load_settings(p).ml.train.seed, overlays * 5))
     assert seeds == list(range(8)) * 5
+
+
+def test_a_mapping_whose_kind_changes_is_replaced_not_merged(tmp_path, monkeypatch):
+    # base.yaml spells out the offline planner's keys; another kind must not inherit them
+    overlay = tmp_path / "endpoint.yaml"
+    overlay.write_text("agents:\n  model:\n    kind: openai\n    base_url: http://127.0.0.1:9/v1\n")
+    model = load_settings(overlay).agents.model
+    assert (model.kind, model.base_url) == ("openai", "http://127.0.0.1:9/v1")
+    assert load_settings(agents={"model": {"kind": "openai", "base_url": "http://x/v1"}}).agents.model.kind == "openai"
+    monkeypatch.setenv("OPSFABRIC_AGENTS__MODEL__KIND", "openai")
+    monkeypatch.setenv("OPSFABRIC_AGENTS__MODEL__BASE_URL", "http://127.0.0.1:9/v1")
+    assert load_settings().agents.model.kind == "openai"
+    # the same kind still merges key by key
+    same = tmp_path / "same.yaml"
+    same.write_text("agents:\n  model:\n    kind: offline\n    min_margin: 0.05\n")
+    monkeypatch.delenv("OPSFABRIC_AGENTS__MODEL__KIND")
+    monkeypatch.delenv("OPSFABRIC_AGENTS__MODEL__BASE_URL")
+    model = load_settings(same).agents.model
+    assert (model.min_margin, model.min_similarity) == (0.05, 0.30)

@@ -18,7 +18,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from opsfabric.agents.errors import AgentError, ThreadStateError
+from opsfabric.agents.errors import AgentError, RequestError, ThreadStateError
 from opsfabric.agents.guardrails import ExecutionRecorder, GuardrailMiddleware
 from opsfabric.agents.planner import PLANNER_NAME, OfflinePlanner
 from opsfabric.agents.settings import AgentsSettings, EndpointModelSettings, OfflinePlannerSettings, ProfileSettings
@@ -71,6 +71,7 @@ class Agent:
     price_in: float
     price_out: float
     recursion_limit: int
+    max_request_chars: int
 
 
 def build_agent(config: AgentsSettings, backend: OpsBackend, checkpointer: Any, *, profile: str | None = None,
@@ -109,7 +110,8 @@ def build_agent(config: AgentsSettings, backend: OpsBackend, checkpointer: Any, 
         checkpointer=checkpointer,
         name="opsfabric-ops",
     )
-    return Agent(graph, guard, name, prof, model_name or default_name, price_in, price_out, config.recursion_limit)
+    return Agent(graph, guard, name, prof, model_name or default_name, price_in, price_out, config.recursion_limit,
+                 config.max_request_chars)
 
 
 @dataclass
@@ -146,11 +148,27 @@ def _invoke(agent: Agent, payload: Any, thread_id: str) -> RunResult:
 
 
 def start_run(agent: Agent, request: str, *, thread_id: str | None = None) -> RunResult:
-    """Run ``request`` on a new thread until it finishes, stops, or waits for an approval."""
+    """Run ``request`` on a new thread until it finishes, stops, or waits for an approval.
+
+    Raises:
+        RequestError: the request is empty (or only whitespace) or longer than ``agents.max_request_chars``;
+            nothing is run or saved.
+        ThreadStateError: ``thread_id`` names an existing thread.
+    """
+    check_request(request, agent.max_request_chars)
     thread_id = thread_id or f"ops-{uuid.uuid4().hex[:12]}"
     if agent.graph.get_state(_config(agent, thread_id)).values:
         raise ThreadStateError(f"thread {thread_id} already exists", hint="use a new thread id")
     return _invoke(agent, {"messages": [HumanMessage(request)]}, thread_id)
+
+
+def check_request(request: str, max_chars: int) -> None:
+    """Refuse a request the agent should not start on (pure; see :func:`start_run`)."""
+    if not isinstance(request, str) or not request.strip():
+        raise RequestError("the request is empty", hint='say what to do, e.g. "check drift on batch_02"')
+    if len(request) > max_chars:
+        raise RequestError(f"the request is {len(request)} characters long, over the limit of {max_chars} (agents.max_request_chars)",
+                           hint="shorten it, or split it into several requests")
 
 
 def pending_actions(agent: Agent, thread_id: str) -> list[PendingAction]:

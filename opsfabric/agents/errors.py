@@ -13,6 +13,10 @@ class GoldenError(AgentError):
     """A golden scenario file is malformed, or a record/approve would overwrite one silently."""
 
 
+class RequestError(AgentError):
+    """A request refused before the agent runs: empty, or longer than ``agents.max_request_chars``."""
+
+
 class ThreadStateError(AgentError):
     """An approval names a thread that is unknown, finished, or already answered."""
 

@@ -88,6 +88,12 @@ class AgentsSettings(_Section):
     metrics_path: str = Field(default="metrics/agent_regression.json", description="DVC metrics of the suite (stage agent_regression).")
     report_dir: str = Field(default="reports/agent_regression", description="DVC output: per-scenario diffs and verdicts.")
     sqlite_busy_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_request_chars: int = Field(default=2000, ge=1, description="Longer requests are refused before the agent runs (RequestError).")
+    retrain_wait_seconds: float = Field(
+        default=90.0, gt=0,
+        description="trigger_retraining waits this long for the retrain run's outcome; a longer run keeps going and is "
+        "reported as running (keep it below the profiles' max_wall_seconds).",
+    )
 
     @model_validator(mode="after")
     def _default_profile_exists(self) -> "AgentsSettings":

@@ -389,7 +389,10 @@ def reconcile_registry(client: Any, name: str, alias: str) -> list[str]:
         to_record[ref.version] = ModelRef(ref.name, ref.version, ref.run_id, ref.source, {**ref.tags, **updates})
         repairs.append(f"version {ref.version}: {PROMOTING} -> {updates[DECISION_TAG]} ({note})")
     newest = versions[-1]
-    if newest.version not in to_record and newest.run_id:
+    if newest.decision is None:
+        # registered outside the gate (by hand, or by another tool): there is no decision to copy
+        pass
+    elif newest.version not in to_record and newest.run_id:
         run_tags = _live_run_tags(client, newest.run_id)
         if run_tags is None:
             repairs.append(_run_gone(newest))

@@ -1,7 +1,6 @@
-"""Dev-only cross-check of the matcher against agentevals 0.0.9 (not a dependency of the project).
+"""Dev-only cross-check of the matcher against agentevals 0.0.9 (a dev extra, not a run-time dependency).
 
-Runs only where agentevals is importable, e.g.
-``pip install --no-deps --target /tmp/ae agentevals==0.0.9 openevals==0.2.2`` and ``PYTHONPATH=/tmp/ae``.
+``make install`` installs the dev extras, so it runs there; an environment without agentevals skips it.
 """
 
 from __future__ import annotations
