@@ -49,11 +49,11 @@ def make_model(config: OfflinePlannerSettings | EndpointModelSettings) -> tuple[
         return (OfflinePlanner(min_similarity=config.min_similarity, min_similarity_risky=config.min_similarity_risky,
                                min_margin=config.min_margin, max_retries=config.max_retries),
                 PLANNER_NAME, 0.0, 0.0)
-    import os
-
     from langchain_openai import ChatOpenAI
 
-    key = os.environ.get(config.api_key_env) or "not-set"
+    from opsfabric.endpoints import api_key_or_placeholder
+
+    key = api_key_or_placeholder(config.api_key_env, purpose="agent decision model")
     model = ChatOpenAI(base_url=config.base_url, model=config.model, api_key=key, temperature=config.temperature,
                        timeout=config.timeout_seconds, max_retries=0)
     return model, config.model, config.price_per_1k_input_tokens, config.price_per_1k_output_tokens
