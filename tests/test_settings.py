@@ -129,3 +129,13 @@ def test_a_mapping_whose_kind_changes_is_replaced_not_merged(tmp_path, monkeypat
     monkeypatch.delenv("OPSFABRIC_AGENTS__MODEL__BASE_URL")
     model = load_settings(same).agents.model
     assert (model.min_margin, model.min_similarity) == (0.05, 0.30)
+
+
+def test_the_local_embedding_backend_refuses_a_model_it_does_not_have(tmp_path):
+    bad = tmp_path / "emb.yaml"
+    bad.write_text("rag:\n  embedding:\n    model: bge-large-en\n")
+    with pytest.raises(ConfigError, match=r"rag\.embedding: Value error, rag\.embedding\.model 'bge-large-en' is not available offline"):
+        load_settings(bad)
+    ok = tmp_path / "endpoint.yaml"
+    ok.write_text("rag:\n  embedding:\n    backend: openai\n    model: bge-large-en\n    base_url: http://127.0.0.1:9/v1\n")
+    assert load_settings(ok).rag.embedding.model == "bge-large-en"

