@@ -2,9 +2,12 @@
 
 * ``ask "check drift on batch_02 and retrain if needed"``: runs until done or until a risky action
   waits for approval; then prints the pending action and the thread id.
-* ``approve THREAD``, ``deny THREAD --reason "..."``, ``edit THREAD --args '{"batch": "batch_03"}'``:
-  answer the pending action (another process, any time later: the thread lives in
-  ``<state_dir>/agents/checkpoints.sqlite``).
+* ``approve THREAD --action ID``, ``deny THREAD --action ID --reason "..."``,
+  ``edit THREAD --action ID --args '{"batch": "batch_03"}'``: answer the pending action whose id the
+  ``PENDING`` line printed (another process, any time later: the thread lives in
+  ``<state_dir>/agents/checkpoints.sqlite``). A decision for an action that is no longer pending
+  (already answered; the thread may now wait on another action) is refused, never applied to the
+  action pending now.
 * ``pending THREAD``: show what a thread waits for.
 
 As a Prefect flow (``agent_ask_flow``, deployment ``agent-ask``), a pending action pauses the flow
@@ -42,19 +45,24 @@ def _agent(settings: Any, backend_kind: str, profile: str | None, fixture: str |
     return build_agent(settings.agents, backend, cp, profile=profile), folder
 
 
+def _pending_line(p: Any) -> str:
+    from opsfabric.agents.trace import redact
+
+    return f"PENDING {p.tool} {json.dumps(redact(p.args), sort_keys=True)} ACTION {p.interrupt_id}"
+
+
 def _report(result: Any, folder: Any, settings: Any) -> int:
     from opsfabric.agents.trace import render_timeline, write_trace
     from opsfabric.agents.tracing import send_to_mlflow
     from opsfabric.tracking import experiment_id, mlflow_client
 
-    from opsfabric.agents.trace import redact
-
     if result.status == "awaiting_approval":
         for p in result.pending:
-            print(f"PENDING {p.tool} {json.dumps(redact(p.args), sort_keys=True)}")
+            print(_pending_line(p))
         print(f"THREAD {result.thread_id}")
-        print(f"answer with: python -m flows.agent approve {result.thread_id} | deny {result.thread_id} --reason ... | "
-              f"edit {result.thread_id} --args '{{...}}'")
+        action = result.pending[0].interrupt_id
+        print(f"answer with: python -m flows.agent approve {result.thread_id} --action {action} | "
+              f"deny {result.thread_id} --action {action} --reason ... | edit {result.thread_id} --action {action} --args '{{...}}'")
         return 0
     path = write_trace(result.trace, folder / "traces")
     mlflow_trace = send_to_mlflow(result.trace, mlflow_client(settings), experiment_id(settings, "agent-runs"))
@@ -79,13 +87,15 @@ def agent_ask_flow(request: str, profile: str | None = None, backend: str = "pla
     agent, _ = _agent(settings, backend, profile)
     result = start_run(agent, request)
     while result.status == "awaiting_approval":
-        decision = wait_for_approval(result.pending[0], result.thread_id, approval_timeout_seconds)
+        pending = result.pending[0]
+        decision = wait_for_approval(pending, result.thread_id, approval_timeout_seconds)
         lock = exclusive(settings, f"agent-thread-{result.thread_id}", purpose=f"answer thread {result.thread_id} from the Prefect UI")
-        result = resume_run(agent, result.thread_id, decision, lock=lock)
+        # the form answered this action: if it is no longer pending (answered elsewhere), refuse rather than answer another
+        result = resume_run(agent, result.thread_id, decision, lock=lock, expected_interrupt_id=pending.interrupt_id)
     trace_path = publish_trace(settings, result.trace)
     print(f"{result.status}: {redact_text(result.answer)}")  # log_prints: Prefect logs get the redacted text
     return {"thread_id": result.thread_id, "status": result.status, "stop_reason": result.stop_reason,
-            "answer": result.answer, "trace": trace_path}
+            "answer": redact_text(result.answer), "trace": trace_path}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for verb in ("approve", "deny", "edit", "pending"):
         p = sub.add_parser(verb, help=f"{verb} the pending action of a thread")
         p.add_argument("thread")
+        if verb != "pending":
+            p.add_argument("--action", required=True, help="the action id the PENDING line printed (after ACTION)")
         if verb == "deny":
             p.add_argument("--reason", required=True)
         if verb == "edit":
@@ -116,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "ask":
         return _report(start_run(agent, args.request, thread_id=args.thread), folder, settings)
     if args.verb == "pending":
-        from opsfabric.agents.trace import redact
-
         for p in pending_actions(agent, args.thread):
-            print(f"PENDING {p.tool} {json.dumps(redact(p.args), sort_keys=True)}")
+            print(_pending_line(p))
         return 0
     if args.verb == "approve":
         decision: dict[str, Any] = {"type": "approve"}
@@ -131,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise AgentError(f"--args is not valid JSON: {exc}", hint='e.g. --args \'{"batch": "batch_03"}\'') from None
         pending = pending_actions(agent, args.thread)
-        tool = pending[0].tool if pending else ""
+        tool = next((p.tool for p in pending if p.interrupt_id == args.action), "")
         decision = {"type": "edit", "edited_action": {"name": tool, "args": edited}}
     lock = exclusive(settings, f"agent-thread-{args.thread}", purpose=f"{args.verb} the pending action of thread {args.thread}")
-    return _report(resume_run(agent, args.thread, decision, lock=lock), folder, settings)
+    return _report(resume_run(agent, args.thread, decision, lock=lock, expected_interrupt_id=args.action), folder, settings)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 * ``run`` (default): replay every scenario of ``agents.golden_dir``; pass rate, per-scenario
   latency and cost as MLflow metrics, diffs and traces as MLflow artifacts, a Prefect table
-  artifact; the flow run fails when a scenario that passed in the previous run fails now.
+  artifact; the flow run fails when a scenario that passed in the baseline fails now, or when a
+  scenario without a baseline verdict (new, or all on the first run) does not pass. Only a run that
+  passes the gate is saved as the next baseline.
 * ``record ID``: replay one scenario and write what the agent did as ``ID.candidate.yaml`` beside
   the golden (refused if a candidate is already waiting: nothing is overwritten silently).
 * ``approve ID``: replace the golden with its reviewed candidate.

@@ -45,9 +45,10 @@ def publish_results(settings: Settings, report: regression.SuiteReport, previous
 
 @task(name="gate-on-regressions", cache_policy=NO_CACHE)
 def gate_on_regressions(settings: Settings, report: regression.SuiteReport, previous: dict[str, str]) -> None:
-    """Save this run's verdicts as the next baseline, then fail if a previously passing scenario fails."""
-    regression.save_verdicts(verdicts_path(settings), report)
+    """Fail on a regression (passed in the baseline, not now) or a failing scenario without a baseline verdict;
+    only a run that passes the gate becomes the next baseline, so a regression keeps failing until fixed or re-approved."""
     regression.check_regressions(previous, report)
+    regression.save_verdicts(verdicts_path(settings), report)
 
 
 # ---- the agent as a flow: approvals through Prefect's pause/resume form -----------------------------

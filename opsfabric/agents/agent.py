@@ -19,7 +19,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from opsfabric.agents.errors import AgentError, RequestError, ThreadStateError
-from opsfabric.agents.guardrails import ExecutionRecorder, GuardrailMiddleware
+from opsfabric.agents.guardrails import ActionLedger, ExecutionRecorder, GuardrailMiddleware
 from opsfabric.agents.planner import PLANNER_NAME, OfflinePlanner
 from opsfabric.agents.settings import AgentsSettings, EndpointModelSettings, OfflinePlannerSettings, ProfileSettings
 from opsfabric.agents.tools import TOOL_SPECS, OpsBackend, make_tools
@@ -41,6 +41,16 @@ def open_checkpointer(path: Path, busy_timeout_seconds: float = 30.0) -> Any:
     saver = SqliteSaver(conn)
     saver.setup()
     return saver
+
+
+def action_ledger(checkpointer: Any) -> ActionLedger:
+    """The started-records of risky calls, in the checkpointer's SQLite file (in memory without one)."""
+    conn = getattr(checkpointer, "conn", None)
+    path = None
+    if isinstance(conn, sqlite3.Connection):
+        row = conn.execute("PRAGMA database_list").fetchone()
+        path = row[2] if row and row[2] else None
+    return ActionLedger(path)
 
 
 def make_model(config: OfflinePlannerSettings | EndpointModelSettings) -> tuple[Any, str, float, float]:
@@ -106,7 +116,7 @@ def build_agent(config: AgentsSettings, backend: OpsBackend, checkpointer: Any, 
         default_model,
         make_tools(backend, specs or TOOL_SPECS),  # every tool: the allowlist is enforced by the guardrail, not by hiding tools
         system_prompt=SYSTEM_PROMPT,
-        middleware=[guard, hitl, ExecutionRecorder(approval_required=prof.approval_required)],
+        middleware=[guard, hitl, ExecutionRecorder(approval_required=prof.approval_required, ledger=action_ledger(checkpointer))],
         checkpointer=checkpointer,
         name="opsfabric-ops",
     )
@@ -177,7 +187,8 @@ def pending_actions(agent: Agent, thread_id: str) -> list[PendingAction]:
             for i in state.interrupts if isinstance(i.value, dict) and i.value.get("type") == "tool_approval"]
 
 
-def resume_run(agent: Agent, thread_id: str, decision: dict[str, Any], *, lock: Any = None) -> RunResult:
+def resume_run(agent: Agent, thread_id: str, decision: dict[str, Any], *, lock: Any = None,
+               expected_interrupt_id: str | None = None) -> RunResult:
     """Answer the pending approval of ``thread_id`` with ``decision`` and run on.
 
     Args:
@@ -188,15 +199,20 @@ def resume_run(agent: Agent, thread_id: str, decision: dict[str, Any], *, lock: 
         lock: a context manager held from the pending check to the end of the resumed run
             (``opsfabric.locking.exclusive`` on the thread): two answers racing from two processes
             then run the action once, and the second gets "already answered".
+        expected_interrupt_id: the id of the action the decision is meant for (the ``PENDING`` line
+            prints it). If that action is no longer pending (answered, and the thread now waits on
+            another action), the decision is refused instead of answering whatever is pending now.
+            ``None`` answers the action pending now: only for callers that just read it themselves.
 
     Raises:
-        ThreadStateError: the thread is unknown, finished, or has no pending approval (already answered).
+        ThreadStateError: the thread is unknown, finished, has no pending approval, or the expected
+            action was already answered.
     """
     with lock if lock is not None else nullcontext():
-        return _resume_locked(agent, thread_id, decision)
+        return _resume_locked(agent, thread_id, decision, expected_interrupt_id)
 
 
-def _resume_locked(agent: Agent, thread_id: str, decision: dict[str, Any]) -> RunResult:
+def _resume_locked(agent: Agent, thread_id: str, decision: dict[str, Any], expected_interrupt_id: str | None = None) -> RunResult:
     from langgraph.types import Command
     from pydantic import ValidationError
 
@@ -207,12 +223,17 @@ def _resume_locked(agent: Agent, thread_id: str, decision: dict[str, Any]) -> Ru
     if not pending:
         raise ThreadStateError(f"thread {thread_id} has no pending approval: it finished or was already answered",
                                hint="start a new request with `ask`")
+    if expected_interrupt_id is not None and all(p.interrupt_id != expected_interrupt_id for p in pending):
+        now = ", ".join(f"{p.tool} (action {p.interrupt_id})" for p in pending)
+        raise ThreadStateError(f"action {expected_interrupt_id} of thread {thread_id} was already answered; the thread now waits on {now}",
+                               hint=f"review the pending action (`python -m flows.agent pending {thread_id}`) and answer it by its action id")
+    target = next((p for p in pending if p.interrupt_id == expected_interrupt_id), pending[0])
     try:
-        return _invoke(agent, Command(resume={pending[0].interrupt_id: decision}), thread_id)
+        return _invoke(agent, Command(resume={target.interrupt_id: decision}), thread_id)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ThreadStateError(f"decision for thread {thread_id} refused: {fields}",
-                               hint=f"edit arguments must match the schema of {pending[0].tool}") from None
+                               hint=f"edit arguments must match the schema of {target.tool}") from None
 
 
 def _result(agent: Agent, thread_id: str, forced_stop: str | None = None) -> RunResult:

@@ -7,12 +7,13 @@ Enforcement points (in the order a tool call meets them):
    an answer naming the reason, and the reason in state (``opsfabric_stop``).
 2. ``GuardrailMiddleware.wrap_tool_call`` (before approval, before the tool): hard allowlist of
    the profile, pydantic argument validation (the message names the field), tool-call budget,
-   loop detection on repeated (tool, canonical arguments), and a risky call after tool output
-   flagged by the injection detector. A refusal returns an error ToolMessage marked
+   loop detection on repeated (tool, canonical validated arguments), and a risky call after tool
+   output flagged by the injection detector or reporting ``flagged_sources``. A refusal returns an error ToolMessage marked
    ``outcome: refused`` and sets the stop flag: the run ends at the next decision.
 3. ``HumanInTheLoopMiddleware`` (per call): the human decision for risky tools.
-4. ``ExecutionRecorder.wrap_tool_call`` (after approval, around the tool): duration, outcome,
-   executed (possibly edited) arguments, injection flags of the result.
+4. ``ExecutionRecorder.wrap_tool_call`` (after approval, around the tool): a durable "started"
+   record for a risky call (a call that already started is refused: at most once), then duration,
+   outcome, executed (possibly edited) arguments, injection flags of the result.
 
 Every check is a pure function of the checkpointed messages, so it gives the same answer when
 LangGraph re-runs the tool node on resume (middleware before HITL runs again up to the pause; it
@@ -79,11 +80,35 @@ def check_budget_before_model(messages: list[Any], budget: BudgetSettings, *, pr
     return None
 
 
+def _call_key(call: dict[str, Any]) -> tuple[str, str]:
+    """(tool, canonical JSON of the validated arguments); the raw arguments when they do not validate."""
+    args = call.get("args", {})
+    spec = SPECS_BY_NAME.get(call["name"])
+    if spec is not None:
+        try:
+            args = validate_args(spec, args)
+        except ToolArgumentError:
+            pass
+    return call["name"], canonical_json(args)
+
+
+def recorded_seconds(messages: list[Any]) -> float:
+    """Agent time recorded since the request: model-call and tool-call durations stamped on the messages.
+
+    It survives resumes (it lives in the checkpoint), and excludes the time a human took to answer.
+    """
+    total = 0.0
+    for m in _since_request(messages):
+        if isinstance(m, AIMessage):
+            total += float(m.response_metadata.get("opsfabric_duration_ms", 0.0) or 0.0)
+        elif isinstance(m, ToolMessage):
+            total += float(m.additional_kwargs.get("opsfabric", {}).get("duration_ms", 0.0) or 0.0)
+    return total / 1000
+
+
 def check_tool_call(call: dict[str, Any], messages: list[Any], *, allowlist: list[str], budget: BudgetSettings,
                     loop_max_repeats: int, risky: set[str]) -> tuple[Refusal | None, dict[str, Any] | None]:
     """Refusal of a proposed tool call, or (None, validated args). Pure: same messages, same answer."""
-    from opsfabric.rag.guard import detect_injection
-
     name, args = call["name"], call.get("args", {})
     if name not in allowlist or name not in SPECS_BY_NAME:
         return Refusal("allowlist", f"tool {name!r} is not allowed for this profile (allowed: {', '.join(allowlist)})"), None
@@ -96,16 +121,39 @@ def check_tool_call(call: dict[str, Any], messages: list[Any], *, allowlist: lis
     position = next((i for i, c in enumerate(proposed) if c.get("id") == call.get("id")), len(proposed))
     if position + 1 > budget.max_tool_calls:
         return Refusal("budget:tool_calls", f"tool call {position + 1} exceeds the limit of {budget.max_tool_calls}"), None
-    key = (name, canonical_json(args))
-    repeats = sum((c["name"], canonical_json(c.get("args", {}))) == key for c in proposed[:position])
+    key = (name, canonical_json(validated))  # validated: defaults filled, so {"version": 4} and its spelled-out twin are one call
+    repeats = sum(_call_key(c) == key for c in proposed[:position])
     if repeats >= loop_max_repeats:
         return Refusal("loop", f"{name} with the same arguments was already proposed {repeats} times"), None
     if name in risky:
         for m in history:
-            if isinstance(m, ToolMessage) and detect_injection(str(m.content)):
-                rules = sorted({f.rule for f in detect_injection(str(m.content))})
+            if not isinstance(m, ToolMessage):
+                continue
+            stamped = m.additional_kwargs.get("opsfabric", {}).get("injection_flags", [])
+            rules = sorted(set(stamped) | set(injection_flags(m.content)))
+            if rules:
                 return Refusal("injection", f"risky tool {name} refused: earlier output of {m.name} was flagged as instruction-like ({', '.join(rules)})"), None
     return None, validated
+
+
+def injection_flags(content: Any) -> list[str]:
+    """Injection rules a tool result trips: the detector on its text, plus ``flagged_sources`` a tool reported.
+
+    ``PlatformBackend.search_docs`` drops instruction-like chunks before the agent sees them and
+    lists their documents in ``flagged_sources``: the text is then clean, but the retrieval was
+    still poisoned, so it counts as flagged (rule ``flagged_sources``).
+    """
+    from opsfabric.rag.guard import detect_injection
+
+    text = str(content)
+    rules = {f.rule for f in detect_injection(text)}
+    try:
+        parsed = json.loads(text)
+    except (TypeError, ValueError):
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("flagged_sources"):
+        rules.add("flagged_sources")
+    return sorted(rules)
 
 
 def _refusal_message(call: dict[str, Any], refusal: Refusal) -> ToolMessage:
@@ -134,7 +182,8 @@ class GuardrailMiddleware(AgentMiddleware):
         self.segment_started = time.monotonic()
 
     def start_segment(self) -> None:
-        """Called by the runner before each invoke/resume: wall time excludes human waiting time."""
+        """Called by the runner before each invoke/resume. The wall budget counts the larger of this segment's
+        time and the agent time recorded on the run's messages (all segments), never a human's wait."""
         self.segment_started = time.monotonic()
 
     @hook_config(can_jump_to=["end"])
@@ -143,7 +192,8 @@ class GuardrailMiddleware(AgentMiddleware):
         refusal = None
         if reason is None:
             refusal = check_budget_before_model(state["messages"], self.budget, price_in=self.price_in, price_out=self.price_out,
-                                                elapsed_seconds=time.monotonic() - self.segment_started)
+                                                elapsed_seconds=max(time.monotonic() - self.segment_started,
+                                                                    recorded_seconds(state["messages"])))
             if refusal is None:
                 return None
             reason = refusal.rule
@@ -177,35 +227,102 @@ class GuardrailMiddleware(AgentMiddleware):
         return result
 
 
-class ExecutionRecorder(AgentMiddleware):
-    """Innermost: runs only when the tool really runs (after approval); stamps what happened."""
+OUTCOME_UNKNOWN = "outcome_unknown"
 
-    def __init__(self, *, approval_required: list[str]) -> None:
+
+class ActionLedger:
+    """Durable "started" records of risky tool calls (a table in the checkpoint database).
+
+    A record is written, and committed, before the backend is called; it is never removed. A
+    tool call (thread, tool call id) found there already started once: whether its side effect
+    happened is unknown (the process may have been killed, or the backend may have failed after
+    acting), so it is refused instead of run again.
+    """
+
+    def __init__(self, path: str | None, busy_timeout_seconds: float = 30.0) -> None:
+        import sqlite3
+
+        self.path = path or ":memory:"
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=busy_timeout_seconds, isolation_level=None)
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS opsfabric_risky_starts (thread_id TEXT NOT NULL, tool_call_id TEXT NOT NULL, "
+                           "tool TEXT NOT NULL, args TEXT NOT NULL, started_at REAL NOT NULL, PRIMARY KEY (thread_id, tool_call_id))")
+
+    def start(self, thread_id: str, tool_call_id: str, tool: str, args: dict[str, Any]) -> bool:
+        """Record the start; False if this call already started (in this or any other process)."""
+        import sqlite3
+
+        try:
+            self._conn.execute("INSERT INTO opsfabric_risky_starts VALUES (?, ?, ?, ?, ?)",
+                               (thread_id, tool_call_id, tool, canonical_json(args), time.time()))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+
+def _thread_id(request: Any) -> str:
+    config = getattr(getattr(request, "runtime", None), "config", None) or {}
+    thread = (config.get("configurable") or {}).get("thread_id")
+    if thread is None:
+        from langgraph.config import get_config
+
+        thread = get_config().get("configurable", {}).get("thread_id")
+    return str(thread)
+
+
+class ExecutionRecorder(AgentMiddleware):
+    """Innermost: runs only when the tool really runs (after approval); stamps what happened.
+
+    For a risky tool it first writes a durable "started" record (:class:`ActionLedger`); a call
+    that already started is refused (``outcome_unknown``) rather than run twice, and any exception
+    of a risky tool becomes an error tool message that stops the run (its outcome is unknown).
+    """
+
+    def __init__(self, *, approval_required: list[str], ledger: ActionLedger | None = None) -> None:
         super().__init__()
         self.risky = set(approval_required)
+        self.ledger = ledger or ActionLedger(None)
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
-        from opsfabric.rag.guard import detect_injection
-
         from opsfabric.errors import OpsFabricError
 
+        call = request.tool_call
+        risky = call["name"] in self.risky
+        executed_args = json.loads(canonical_json(call.get("args", {})))
+        if risky and not self.ledger.start(_thread_id(request), call["id"], call["name"], executed_args):
+            refusal = Refusal(OUTCOME_UNKNOWN, f"{call['name']} (tool call {call['id']}) already started once and its outcome is unknown: "
+                                               "it may have run; check the platform before asking again")
+            message = _refusal_message(call, refusal)
+            message.additional_kwargs["opsfabric"].update(approval="approve", executed_args=executed_args)
+            return Command(update={"messages": [message], "opsfabric_stop": OUTCOME_UNKNOWN})
         started = time.perf_counter()
+        stop: str | None = None
         try:
             result = handler(request)
-        except OpsFabricError as exc:  # a named backend failure is a tool error the planner may retry; others propagate
-            result = ToolMessage(content=f"{type(exc).__name__}: {exc}", name=request.tool_call["name"],
-                                 tool_call_id=request.tool_call["id"], status="error")
+        except OpsFabricError as exc:  # a named backend failure is a tool error the planner may retry
+            result = ToolMessage(content=f"{type(exc).__name__}: {exc}", name=call["name"], tool_call_id=call["id"], status="error")
+        except Exception as exc:
+            if not risky:
+                raise
+            # the backend may have acted before failing: record the error, do not let the run retry it
+            result = ToolMessage(content=f"{type(exc).__name__}: {exc} (outcome unknown: it may have run; check the platform)",
+                                 name=call["name"], tool_call_id=call["id"], status="error")
+            stop = OUTCOME_UNKNOWN
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         if isinstance(result, ToolMessage):
             meta: dict[str, Any] = {
                 "outcome": "error" if result.status == "error" else "ok",
                 "duration_ms": elapsed,
-                "executed_args": json.loads(canonical_json(request.tool_call.get("args", {}))),
+                "executed_args": executed_args,
             }
-            if request.tool_call["name"] in self.risky:
+            if risky:
                 meta["approval"] = "approve"
-            flags = detect_injection(str(result.content))
+            flags = injection_flags(result.content)
             if flags:
-                meta["injection_flags"] = sorted({f.rule for f in flags})
+                meta["injection_flags"] = flags
+            if stop:
+                meta.update(error_type=OUTCOME_UNKNOWN, detail=str(result.content))
             result.additional_kwargs["opsfabric"] = meta
+        if stop:
+            return Command(update={"messages": [result], "opsfabric_stop": stop})
         return result

@@ -1,7 +1,10 @@
 """The golden-trace regression suite as plain functions: summarise, compare with the last run, log.
 
-``flows/agent_regression.py`` wires these; the gate is :func:`check_regressions` (a scenario that
-passed in the previous run and does not pass now fails the run, naming it and what changed).
+``flows/agent_regression.py`` wires these; the gate is :func:`check_regressions`: a scenario that
+passed in the baseline and does not pass now, or a scenario absent from the baseline (a new one, or
+every one on the first run) that does not pass, fails the run, naming it and what changed. The
+baseline is saved only when the gate passes, so a regression keeps failing until it is fixed or
+its golden is re-approved.
 """
 
 from __future__ import annotations
@@ -91,12 +94,24 @@ def save_verdicts(path: Path, report: SuiteReport) -> Path:
     return path
 
 
+def new_failures(previous: dict[str, str], current: dict[str, str]) -> list[str]:
+    """Scenarios absent from the baseline (new ones; all of them without a baseline) that do not pass."""
+    return sorted(s for s, status in current.items() if s not in previous and status != "pass")
+
+
 def check_regressions(previous: dict[str, str], report: SuiteReport) -> None:
-    """Raise :class:`RegressionError` naming every scenario that passed before and does not now."""
+    """Raise :class:`RegressionError` naming every scenario that passed in the baseline and does not now,
+    and every scenario absent from the baseline that does not pass (no free pass for new scenarios)."""
     lost = regressions(previous, report.statuses)
-    if lost:
-        details = "\n".join(f"--- {sid}\n{report.diffs[sid]}" for sid in lost)
-        raise RegressionError(f"{len(lost)} scenario(s) passed in the previous run and fail now: {', '.join(lost)}\n{details}",
+    new = new_failures(previous, report.statuses)
+    if lost or new:
+        parts = []
+        if lost:
+            parts.append(f"{len(lost)} scenario(s) passed in the baseline and fail now: {', '.join(lost)}")
+        if new:
+            parts.append(f"{len(new)} scenario(s) without a baseline verdict do not pass: {', '.join(new)}")
+        details = "\n".join(f"--- {sid}\n{report.diffs[sid]}" for sid in [*lost, *new])
+        raise RegressionError("; ".join(parts) + f"\n{details}",
                               hint="fix the agent, or if the change is intended: python -m flows.agent_regression record <id>, review, approve <id>")
 
 
@@ -105,7 +120,10 @@ def suite_markdown(report: SuiteReport, previous: dict[str, str]) -> str:
     lost = regressions(previous, report.statuses)
     lines = [f"# Agent golden-trace regression: {report.pass_rate:.1%} pass ({len(report.statuses)} scenarios, {report.seconds:.1f} s)", ""]
     if lost:
-        lines += [f"**Regressions (passed last run):** {', '.join(lost)}", ""]
+        lines += [f"**Regressions (passed in the baseline):** {', '.join(lost)}", ""]
+    new = new_failures(previous, report.statuses)
+    if new:
+        lines += [f"**Failing without a baseline verdict:** {', '.join(new)}", ""]
     for row in report.rows:
         if row["verdict"] != "pass":
             lines += [f"## {row['scenario']}: {row['verdict']}", "", "```", report.diffs[row["scenario"]], "```", ""]

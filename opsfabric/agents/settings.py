@@ -25,7 +25,7 @@ class BudgetSettings(_Section):
     max_tool_calls: int = Field(default=8, ge=0, description="Tool calls proposed per run (refused ones count).")
     max_tokens: int = Field(default=50_000, ge=0, description="Input + output tokens per run (reported or estimated).")
     max_cost_usd: float = Field(default=0.50, ge=0, description="Estimated cost per run.")
-    max_wall_seconds: float = Field(default=120.0, gt=0, description="Agent time per invocation (human waits excluded).")
+    max_wall_seconds: float = Field(default=120.0, gt=0, description="Agent time per run, summed over its resumes (human waits excluded).")
 
 
 class ProfileSettings(_Section):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from opsfabric.agents.agent import build_agent, open_checkpointer, resume_run, start_run
+from opsfabric.agents.agent import build_agent, open_checkpointer, pending_actions, resume_run, start_run
 from opsfabric.agents.errors import ThreadStateError
 from opsfabric.agents.guardrails import check_tool_call
 from opsfabric.agents.planner import make_plan, split_clauses
@@ -172,6 +172,13 @@ def test_trace_of_a_run_has_no_secret(agent_factory, monkeypatch):
 
 
 # ---- real processes ---------------------------------------------------------------------------------
+def _pending(stdout: str) -> tuple[str, str]:
+    """(thread id, action id) from the output of `ask`."""
+    thread = next(line.split()[1] for line in stdout.splitlines() if line.startswith("THREAD "))
+    action = next(line.rsplit(" ACTION ", 1)[1] for line in stdout.splitlines() if line.startswith("PENDING "))
+    return thread, action
+
+
 def _cli(state: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPSFABRIC_STATE_DIR": str(state)}
     return subprocess.run([sys.executable, "-m", "flows.agent", "--backend", "replay", *args], cwd=PROJECT_ROOT,
@@ -183,22 +190,22 @@ def test_approval_from_another_process_runs_the_side_effect_exactly_once(tmp_pat
     asked = _cli(tmp_path, "ask", "check drift for batch 3 and retrain if needed")
     assert asked.returncode == 0, asked.stderr
     assert 'PENDING trigger_retraining {"batch": "batch_03"}' in asked.stdout
-    thread = next(line.split()[1] for line in asked.stdout.splitlines() if line.startswith("THREAD "))
+    thread, action = _pending(asked.stdout)
     journal_path = tmp_path / "agents" / "replay-journal.jsonl"
     assert not journal_path.exists()
-    approved = _cli(tmp_path, "approve", thread)
+    approved = _cli(tmp_path, "approve", thread, "--action", action)
     assert approved.returncode == 0, approved.stderr
     assert "STATUS completed" in approved.stdout
     assert [json.loads(x)["action"] for x in journal_path.read_text().splitlines()] == ["trigger_retraining"]
-    again = _cli(tmp_path, "deny", thread, "--reason", "late")
+    again = _cli(tmp_path, "deny", thread, "--action", action, "--reason", "late")
     assert again.returncode == 2 and "no pending approval" in again.stderr
-    unknown = _cli(tmp_path, "approve", "ops-unknown")
+    unknown = _cli(tmp_path, "approve", "ops-unknown", "--action", action)
     assert unknown.returncode == 2 and "unknown thread ops-unknown" in unknown.stderr
     assert len(journal_path.read_text().splitlines()) == 1
     # edit from yet another process: the edited arguments are what runs
     asked = _cli(tmp_path, "ask", "retrain the model on batch 3")
-    thread = next(line.split()[1] for line in asked.stdout.splitlines() if line.startswith("THREAD "))
-    edited = _cli(tmp_path, "edit", thread, "--args", '{"batch": "batch_04"}')
+    thread, action = _pending(asked.stdout)
+    edited = _cli(tmp_path, "edit", thread, "--action", action, "--args", '{"batch": "batch_04"}')
     assert edited.returncode == 0, edited.stderr
     assert [json.loads(x)["batch"] for x in journal_path.read_text().splitlines()] == ["batch_03", "batch_04"]
 
@@ -224,12 +231,129 @@ def test_two_approvals_racing_from_two_processes_run_the_action_once(tmp_path):
     slow = tmp_path / "slow.json"
     slow.write_text(json.dumps(fixture))
     asked = _cli(tmp_path, "ask", "promote model version 4")
-    thread = next(line.split()[1] for line in asked.stdout.splitlines() if line.startswith("THREAD "))
+    thread, action = _pending(asked.stdout)
     env = {**os.environ, "OPSFABRIC_STATE_DIR": str(tmp_path)}
-    racers = [subprocess.Popen([sys.executable, "-m", "flows.agent", "--backend", "replay", "--fixture", str(slow), "approve", thread], cwd=PROJECT_ROOT,
+    racers = [subprocess.Popen([sys.executable, "-m", "flows.agent", "--backend", "replay", "--fixture", str(slow), "approve", thread, "--action", action], cwd=PROJECT_ROOT,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = sorted((p.wait(timeout=240), p.stderr.read()) for p in racers)
     assert [code for code, _ in outcomes] == [0, 2], outcomes
     assert "no pending approval" in outcomes[1][1]
     journal_path = tmp_path / "agents" / "replay-journal.jsonl"
     assert [json.loads(x)["action"] for x in journal_path.read_text().splitlines()] == ["promote_model_version"]
+
+
+@pytest.mark.flows
+def test_a_stale_approval_does_not_approve_the_next_pending_action(agent_factory, tmp_path):
+    agent, _ = agent_factory()
+    r = start_run(agent, "retrain the model on batch_03 and then promote model version 4")
+    assert [p.tool for p in r.pending] == ["trigger_retraining"]
+    first = r.pending[0].interrupt_id
+    after = resume_run(agent, r.thread_id, {"type": "approve"}, expected_interrupt_id=first)
+    assert after.status == "awaiting_approval" and [p.tool for p in after.pending] == ["promote_model_version"]
+    assert after.pending[0].interrupt_id != first
+    # the same approval again (a double click, a retried request, a second operator): refused by name
+    with pytest.raises(ThreadStateError, match=rf"action {first} of thread {r.thread_id} was already answered"):
+        resume_run(agent, r.thread_id, {"type": "approve"}, expected_interrupt_id=first)
+    assert [e["action"] for e in journal(tmp_path)] == ["trigger_retraining"]  # the promotion did not run
+    assert [p.tool for p in pending_actions(agent, r.thread_id)] == ["promote_model_version"]
+
+
+@pytest.mark.flows
+def test_a_stale_approval_from_the_command_line_is_refused(tmp_path):
+    asked = _cli(tmp_path, "ask", "retrain the model on batch_03 and then promote model version 4")
+    assert asked.returncode == 0, asked.stderr
+    thread, action = _pending(asked.stdout)
+    assert "PENDING trigger_retraining" in asked.stdout
+    approved = _cli(tmp_path, "approve", thread, "--action", action)
+    assert approved.returncode == 0, approved.stderr
+    assert "PENDING promote_model_version" in approved.stdout
+    stale = _cli(tmp_path, "approve", thread, "--action", action)
+    assert stale.returncode == 2 and "already answered" in stale.stderr, stale.stderr
+    bare = _cli(tmp_path, "approve", thread)  # no action id: refused by the parser, nothing is answered
+    assert bare.returncode != 0 and "--action" in bare.stderr
+    journal_path = tmp_path / "agents" / "replay-journal.jsonl"
+    assert [json.loads(x)["action"] for x in journal_path.read_text().splitlines()] == ["trigger_retraining"]
+
+
+# ---- a risky action whose outcome is unknown never runs twice ----------------------------------------
+_ACT_THEN_FAIL = """
+import json, os, sys
+from pathlib import Path
+from opsfabric.agents.agent import build_agent, open_checkpointer, pending_actions, resume_run
+from opsfabric.agents.replay import ReplayBackend
+from opsfabric.agents.settings import AgentsSettings
+
+class ActsThenDies(ReplayBackend):
+    def promote_model_version(self, version, reason):
+        out = super().promote_model_version(version, reason)  # the platform acted (journal line written)
+        os._exit(9)  # the process is killed before the result is saved
+
+state = Path(sys.argv[1])
+agent = build_agent(AgentsSettings(), ActsThenDies(journal=state / "journal.jsonl"), open_checkpointer(state / "cp.sqlite"))
+resume_run(agent, sys.argv[2], {"type": "approve"}, expected_interrupt_id=sys.argv[3])
+"""
+
+
+@pytest.mark.flows
+def test_a_risky_call_that_acted_then_raised_is_not_run_again(tmp_path):
+    class ActsThenRaises(ReplayBackend):
+        def promote_model_version(self, version, reason):
+            super().promote_model_version(version, reason)
+            raise RuntimeError("registry connection reset after the alias moved")
+
+    agent = build_agent(AgentsSettings(), ActsThenRaises(journal=tmp_path / "journal.jsonl"), open_checkpointer(tmp_path / "cp.sqlite"))
+    r = start_run(agent, "promote model version 4")
+    done = resume_run(agent, r.thread_id, {"type": "approve"}, expected_interrupt_id=r.pending[0].interrupt_id)
+    assert (done.status, done.stop_reason) == ("stopped", "outcome_unknown")
+    assert [(c.name, c.outcome) for c in trajectory(done.trace)] == [("promote_model_version", "error")]
+    assert "RuntimeError: registry connection reset" in json.dumps(done.trace)
+    with pytest.raises(ThreadStateError, match="no pending approval"):
+        resume_run(agent, r.thread_id, {"type": "approve"})
+    assert [e["action"] for e in journal(tmp_path)] == ["promote_model_version"]
+
+
+@pytest.mark.flows
+def test_a_risky_call_killed_after_acting_is_refused_on_reapproval(tmp_path):
+    agent = build_agent(AgentsSettings(), ReplayBackend(journal=tmp_path / "journal.jsonl"), open_checkpointer(tmp_path / "cp.sqlite"))
+    r = start_run(agent, "promote model version 4")
+    thread, action = r.thread_id, r.pending[0].interrupt_id
+    killed = subprocess.run([sys.executable, "-c", _ACT_THEN_FAIL, str(tmp_path), thread, action], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=240)
+    assert killed.returncode == 9, killed.stderr
+    assert [e["action"] for e in journal(tmp_path)] == ["promote_model_version"]
+    assert [p.interrupt_id for p in pending_actions(agent, thread)] == [action]  # the approval still looks pending
+    again = resume_run(agent, thread, {"type": "approve"}, expected_interrupt_id=action)
+    assert (again.status, again.stop_reason) == ("stopped", "outcome_unknown")
+    assert "outcome is unknown: it may have run; check the platform" in again.answer
+    assert [e["action"] for e in journal(tmp_path)] == ["promote_model_version"]  # not promoted a second time
+
+
+@pytest.mark.unit
+def test_loop_detection_counts_calls_by_their_validated_arguments():
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    kw = dict(allowlist=list(READ_ONLY_TOOLS), budget=BudgetSettings(), loop_max_repeats=2, risky=set())
+    # the same search, spelt with and without its default top_k: one call repeated three times
+    spellings = [{"query": "rollback"}, {"query": "rollback", "top_k": 3}, {"top_k": 3, "query": "rollback"}]
+    history = [HumanMessage("x")] + [AIMessage("", tool_calls=[{"name": "search_docs", "args": a, "id": f"c{i}"}]) for i, a in enumerate(spellings)]
+    refusal, _ = check_tool_call({"name": "search_docs", "args": spellings[2], "id": "c2"}, history, **kw)
+    assert refusal is not None and refusal.rule == "loop"
+
+
+@pytest.mark.flows
+def test_wall_time_budget_counts_agent_time_across_resumes(tmp_path):
+    from opsfabric.agents.replay import DEFAULT_FIXTURE
+
+    fixture = json.loads(DEFAULT_FIXTURE.read_text())
+    fixture["latency_seconds"] = {"trigger_retraining": 1.5, "promote_model_version": 1.5}
+    config = AgentsSettings(profiles={"operator": ProfileSettings(
+        tools=[*READ_ONLY_TOOLS, "trigger_retraining", "promote_model_version"],
+        approval_required=["trigger_retraining", "promote_model_version"], budget=BudgetSettings(max_wall_seconds=2.5))})
+    agent = build_agent(config, ReplayBackend(fixture, journal=tmp_path / "journal.jsonl"), open_checkpointer(tmp_path / "cp.sqlite"))
+    warm = build_agent(AgentsSettings(), ReplayBackend(), open_checkpointer(tmp_path / "warm.sqlite"))
+    assert start_run(warm, "show the index status").status == "completed"  # MiniLM loaded outside the measured run
+    r = start_run(agent, "retrain the model on batch_03 and then promote model version 4")
+    r = resume_run(agent, r.thread_id, {"type": "approve"}, expected_interrupt_id=r.pending[0].interrupt_id)  # 1.5 s of agent time
+    assert [p.tool for p in r.pending] == ["promote_model_version"]
+    done = resume_run(agent, r.thread_id, {"type": "approve"}, expected_interrupt_id=r.pending[0].interrupt_id)  # 3 s in all
+    assert (done.status, done.stop_reason) == ("stopped", "budget:wall_time")
