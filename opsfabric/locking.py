@@ -136,6 +136,20 @@ def process_start_ticks(pid: int) -> int | None:
         return None
 
 
+def process_alive(host: str | None, pid: int | str | None, started: int | None) -> bool | None:
+    """Whether the process ``pid`` that started at ``started`` (clock ticks) still runs on ``host``.
+
+    True/False on this host (same pid *and* start time = the same process); None for another host,
+    an unknown pid, or a machine without ``/proc`` to tell.
+    """
+    if host != socket.gethostname() or not pid:
+        return None
+    now = process_start_ticks(int(pid))
+    if now is None:  # no such process, or no /proc to tell: only the former proves it dead
+        return False if Path("/proc/self/stat").exists() else None
+    return now == started
+
+
 def _owner(purpose: str) -> dict:
     return {
         "pid": os.getpid(),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from opsfabric.locking import process_start_ticks
+from opsfabric.locking import process_alive, process_start_ticks
 from opsfabric.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,7 @@ def _owner_tags() -> dict[str, str]:
 def _owner_alive(tags: dict[str, str]) -> bool | None:
     """Whether the process that created a run still runs: True/False on this host, None elsewhere or untagged."""
     host, pid, started = (tags.get(t) for t in OWNER_TAGS)
-    if host != socket.gethostname() or not pid:
-        return None
-    return str(process_start_ticks(int(pid))) == started
+    return process_alive(host, pid, int(started) if started and started.isdigit() else None)
 
 
 def reconcile_abandoned_runs(settings: Settings, experiment_id: str) -> list[str]:

@@ -39,7 +39,7 @@ from typing import Any, Iterator, Literal
 
 from opsfabric import locking
 from opsfabric.rag import qdrant
-from opsfabric.locking import process_start_ticks
+from opsfabric.locking import process_alive, process_start_ticks
 from opsfabric.rag.errors import BuildInProgressError, IndexVersionError, LeaseLostError
 from opsfabric.rag.settings import RagConfig
 
@@ -226,12 +226,9 @@ def _this_process(owner: dict | None) -> bool:
 
 def owner_alive(owner: dict | None) -> bool | None:
     """True/False for an owner on this host (same pid *and* start time = the same process); None elsewhere."""
-    if not owner or owner.get("host") != socket.gethostname() or not owner.get("pid"):
+    if not owner:
         return None
-    started = process_start_ticks(int(owner["pid"]))
-    if started is None:  # no such process, or no /proc to tell: only the former proves it dead
-        return False if Path("/proc/self/stat").exists() else None
-    return started == owner.get("started")
+    return process_alive(owner.get("host"), owner.get("pid"), owner.get("started"))
 
 
 def describe_owner(version: IndexVersion) -> str:
@@ -501,21 +498,13 @@ def _record_promotion(registry: VersionRegistry, collection: str) -> None:
 
 
 def _record_rollback(registry: VersionRegistry, current: str | None, to: str) -> None:
-    for v in registry.versions:
-        if v.status == "live" and v.collection != to:
-            v.status = "built"
     if current and current != to and (version := registry.find(current)) is not None:
         version.rolled_back_at = _stamp()
         owner = current_owner()
         version.rolled_back_by = f"pid {owner['pid']} on {owner['host']} ({owner['command'] or 'unknown command'})"
     # drop the rolled-back version from the history so a second rollback goes further back
     registry.live_history = [c for c in registry.live_history if c != current]
-    target = registry.get(to)
-    target.status = "live"
-    target.rolled_back_at = target.rolled_back_by = None  # put live again on purpose
-    if not registry.live_history or registry.live_history[-1] != to:
-        registry.live_history.append(to)
-    registry.pending_move = None
+    _record_promotion(registry, to)
 
 
 @contextmanager

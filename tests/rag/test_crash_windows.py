@@ -73,7 +73,8 @@ def test_a_promotion_killed_after_the_alias_moved_is_completed_by_the_next_run(o
     assert runs[registry.get(v1).eval_run_id].info.status == "FINISHED"
 
 
-def test_a_rollback_killed_after_the_alias_moved_is_finished_not_reversed(overlay_file, make_rag_config, embedder, tiny_corpus: Path):
+def _v1_then_v2_live(overlay_file, make_rag_config, embedder, tiny_corpus: Path):
+    """Two gated versions, v2 live after v1; the parent's Qdrant client closed for a child to open it."""
     overlay, config = overlay_file(golden_docs=SMALL_GOLDEN)[0], make_rag_config(golden_docs=SMALL_GOLDEN)
     v1 = build(config, embedder).collection
     promotion.gate_version(config, v1, embedder)
@@ -81,6 +82,11 @@ def test_a_rollback_killed_after_the_alias_moved_is_finished_not_reversed(overla
     v2 = build(config, embedder).collection
     assert promotion.gate_version(config, v2, embedder).promoted
     qdrant.close_all_clients()
+    return overlay, config, v1, v2
+
+
+def test_a_rollback_killed_after_the_alias_moved_is_finished_not_reversed(overlay_file, make_rag_config, embedder, tiny_corpus: Path):
+    overlay, config, v1, v2 = _v1_then_v2_live(overlay_file, make_rag_config, embedder, tiny_corpus)
 
     child = run("rollback", overlay, "--die-at", "after-alias-move")
     assert child.killed, child.stderr[-3000:]
@@ -94,13 +100,7 @@ def test_a_rollback_killed_after_the_alias_moved_is_finished_not_reversed(overla
 
 
 def test_a_re_promotion_killed_after_the_alias_moved_is_completed_not_taken_for_a_rollback(overlay_file, make_rag_config, embedder, tiny_corpus: Path):
-    overlay, config = overlay_file(golden_docs=SMALL_GOLDEN)[0], make_rag_config(golden_docs=SMALL_GOLDEN)
-    v1 = build(config, embedder).collection
-    promotion.gate_version(config, v1, embedder)
-    (tiny_corpus / "extra.md").write_text("# Extra\n\nA short page about index rotation windows.\n")
-    v2 = build(config, embedder).collection
-    assert promotion.gate_version(config, v2, embedder).promoted
-    qdrant.close_all_clients()
+    overlay, config, v1, v2 = _v1_then_v2_live(overlay_file, make_rag_config, embedder, tiny_corpus)
 
     # an operator puts v1 (earlier in the history) live again by name; killed once the alias moved
     child = run("gate", overlay, "--collection", v1, "--die-at", "after-alias-move")
