@@ -174,9 +174,12 @@ def dump_scenario(scenario: Scenario) -> str:
 def record_candidate(path: Path, scenario: Scenario) -> Path:
     """Write ``scenario`` as ``<path stem>.candidate.yaml``; refuse if a candidate is already waiting."""
     candidate = path.with_name(path.stem + CANDIDATE_SUFFIX)
-    if candidate.exists():
-        raise GoldenError(f"{candidate} already exists", hint="approve or delete it first; goldens are never overwritten silently")
-    candidate.write_text(dump_scenario(scenario))
+    text = dump_scenario(scenario)
+    try:
+        with candidate.open("x") as handle:  # exclusive create: two `record` runs cannot both write it
+            handle.write(text)
+    except FileExistsError:
+        raise GoldenError(f"{candidate} already exists", hint="approve or delete it first; goldens are never overwritten silently") from None
     return candidate
 
 

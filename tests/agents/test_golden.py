@@ -89,3 +89,35 @@ def test_suite_passes_and_five_runs_give_identical_verdicts():
     failing = {sid: reasons for sid, status, _, reasons in verdicts[0] if status != "pass"}
     assert failing == {}
     assert all(v == verdicts[0] for v in verdicts[1:])
+
+
+_RECORDER = """
+import sys, time
+from pathlib import Path
+from opsfabric.agents.errors import GoldenError
+from opsfabric.agents.golden import load_scenario, record_candidate
+path, start = Path(sys.argv[1]), float(sys.argv[2])
+scenario = load_scenario(path)
+while time.time() < start:
+    time.sleep(0.005)
+try:
+    record_candidate(path, scenario)
+except GoldenError:
+    sys.exit(3)
+"""
+
+
+@pytest.mark.unit
+def test_concurrent_records_of_one_scenario_write_one_candidate(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    source = next((PROJECT_ROOT / "data/golden/agent").glob("*.yaml"))
+    golden = tmp_path / source.name
+    shutil.copy(source, golden)
+    start = time.time() + 4  # every child has loaded its scenario by then: they race on the write
+    procs = [subprocess.Popen([sys.executable, "-c", _RECORDER, str(golden), str(start)], cwd=PROJECT_ROOT) for _ in range(4)]
+    codes = sorted(p.wait(timeout=120) for p in procs)
+    assert codes == [0, 3, 3, 3]
+    assert len(list(tmp_path.glob("*.candidate.yaml"))) == 1
