@@ -77,21 +77,35 @@ def _report(result: Any, folder: Any, settings: Any) -> int:
 def agent_ask_flow(request: str, profile: str | None = None, backend: str = "platform", config_files: list[str] | None = None,
                    approval_timeout_seconds: int = 3600) -> dict:
     """Run one request; each pending risky action pauses this flow run for an operator's decision in the UI."""
+    from prefect import get_run_logger
+
     from flows.runners import flow_settings
     from opsfabric.agents.agent import resume_run, start_run
+    from opsfabric.agents.errors import ThreadStateError
     from opsfabric.agents.trace import redact_text
+    from opsfabric.errors import OpsFabricError
     from opsfabric.locking import exclusive
     from tasks.agents import publish_trace, wait_for_approval
 
     settings = flow_settings(config_files)
     agent, _ = _agent(settings, backend, profile)
     result = start_run(agent, request)
+    attempt, refused = 0, None
     while result.status == "awaiting_approval":
         pending = result.pending[0]
-        decision = wait_for_approval(pending, result.thread_id, approval_timeout_seconds)
+        attempt += 1
+        answer = wait_for_approval(pending, result.thread_id, approval_timeout_seconds, attempt=attempt, previous_error=refused)
         lock = exclusive(settings, f"agent-thread-{result.thread_id}", purpose=f"answer thread {result.thread_id} from the Prefect UI")
-        # the form answered this action: if it is no longer pending (answered elsewhere), refuse rather than answer another
-        result = resume_run(agent, result.thread_id, decision, lock=lock, expected_interrupt_id=pending.interrupt_id)
+        try:
+            # the form answered this action: if it is no longer pending (answered elsewhere), refuse rather than answer another
+            result = resume_run(agent, result.thread_id, answer.to_decision(pending.tool), lock=lock,
+                                expected_interrupt_id=pending.interrupt_id)
+            attempt, refused = 0, None
+        except ThreadStateError:
+            raise
+        except OpsFabricError as exc:  # bad JSON, or edited arguments the schema refuses: the action is still pending
+            refused = str(exc)
+            get_run_logger().warning("answer for %s refused, asking again: %s", pending.tool, redact_text(refused))
     trace_path = publish_trace(settings, result.trace)
     print(f"{result.status}: {redact_text(result.answer)}")  # log_prints: Prefect logs get the redacted text
     return {"thread_id": result.thread_id, "status": result.status, "stop_reason": result.stop_reason,
@@ -126,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     agent, folder = _agent(settings, args.backend, args.profile, args.fixture)
     if args.verb == "ask":
-        return _report(start_run(agent, args.request, thread_id=args.thread), folder, settings)
+        lock = exclusive(settings, f"agent-thread-{args.thread}", purpose=f"start thread {args.thread}") if args.thread else None
+        return _report(start_run(agent, args.request, thread_id=args.thread, lock=lock), folder, settings)
     if args.verb == "pending":
         for p in pending_actions(agent, args.thread):
             print(_pending_line(p))
@@ -140,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             edited = json.loads(args.args)
         except ValueError as exc:
             raise AgentError(f"--args is not valid JSON: {exc}", hint='e.g. --args \'{"batch": "batch_03"}\'') from None
-        pending = pending_actions(agent, args.thread)
-        tool = next((p.tool for p in pending if p.interrupt_id == args.action), "")
-        decision = {"type": "edit", "edited_action": {"name": tool, "args": edited}}
+        decision = {"type": "edit", "edited_action": {"args": edited}}  # checked against the pending action's schema under the lock
     lock = exclusive(settings, f"agent-thread-{args.thread}", purpose=f"{args.verb} the pending action of thread {args.thread}")
     return _report(resume_run(agent, args.thread, decision, lock=lock, expected_interrupt_id=args.action), folder, settings)
 

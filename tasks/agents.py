@@ -73,22 +73,31 @@ class ApprovalInput(RunInput):
         try:
             args = json.loads(self.edited_args_json)
         except ValueError as exc:
-            raise AgentError(f"edited_args_json is not valid JSON: {exc}") from None
+            raise AgentError(f"edited_args_json is not valid JSON: {exc}", hint='e.g. {"batch": "batch_03"}') from None
         return {"type": "edit", "edited_action": {"name": tool, "args": args}}
 
 
-def wait_for_approval(pending: Any, thread_id: str, timeout_seconds: int) -> dict[str, Any]:
-    """Pause the flow run until an operator answers the pending action in the UI's resume form."""
+def wait_for_approval(pending: Any, thread_id: str, timeout_seconds: int, *, attempt: int = 1,
+                      previous_error: str | None = None) -> ApprovalInput:
+    """Pause the flow run until an operator answers the pending action in the UI's resume form.
+
+    ``attempt`` numbers the pauses of one action: a form answer that was refused (bad JSON, arguments
+    the tool's schema refuses) pauses again with ``previous_error`` shown in the form's description.
+    Prefect refuses to pause twice with one key, so each attempt has its own.
+    """
     from prefect.flow_runs import pause_flow_run
 
-    from opsfabric.agents.trace import redact
+    from opsfabric.agents.trace import redact, redact_text
 
-    description = (f"**{pending.tool}** `{redact(pending.args)}` is waiting for approval (agent thread `{thread_id}`).\n\n"
+    description = (f"**{pending.tool}** `{redact(pending.args)}` is waiting for approval (agent thread `{thread_id}`, "
+                   f"action `{pending.interrupt_id}`).\n\n"
                    "decision: approve, deny (give a reason) or edit (edited_args_json, a JSON object).")
+    if previous_error:
+        description = f"**Your previous answer was refused:** {redact_text(previous_error)}\n\n" + description
     answer = pause_flow_run(wait_for_input=ApprovalInput.with_initial_data(description=description),
-                            timeout=timeout_seconds, poll_interval=2, key=f"approval-{pending.interrupt_id}")
+                            timeout=timeout_seconds, poll_interval=2, key=f"approval-{pending.interrupt_id}-{attempt}")
     get_run_logger().info("approval for %s on thread %s: %s", pending.tool, thread_id, answer.decision)
-    return answer.to_decision(pending.tool)
+    return answer
 
 
 @task(name="publish-agent-trace", cache_policy=NO_CACHE)

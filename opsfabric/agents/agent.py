@@ -82,6 +82,7 @@ class Agent:
     price_out: float
     recursion_limit: int
     max_request_chars: int
+    specs: dict[str, Any] = field(default_factory=dict)  # tool name -> ToolSpec the graph was built with
 
 
 def build_agent(config: AgentsSettings, backend: OpsBackend, checkpointer: Any, *, profile: str | None = None,
@@ -105,8 +106,10 @@ def build_agent(config: AgentsSettings, backend: OpsBackend, checkpointer: Any, 
     prof = config.profiles[name]
     default_model, default_name, price_in, price_out = make_model(config.model) if model is None else (model, model_name or "custom", 0.0, 0.0)
     model_name = model_name or default_name
+    specs_by_name = {spec.name: spec for spec in (specs or TOOL_SPECS)}
     guard = GuardrailMiddleware(allowlist=prof.tools, approval_required=prof.approval_required, budget=prof.budget,
-                                loop_max_repeats=config.loop_max_repeats, price_in=price_in, price_out=price_out)
+                                loop_max_repeats=config.loop_max_repeats, price_in=price_in, price_out=price_out,
+                                specs=specs_by_name)
     hitl = HumanInTheLoopMiddleware(
         interrupt_on={t: {"allowed_decisions": ["approve", "edit", "reject"]} for t in prof.approval_required},
         interrupt_mode="per_call",
@@ -121,7 +124,7 @@ def build_agent(config: AgentsSettings, backend: OpsBackend, checkpointer: Any, 
         name="opsfabric-ops",
     )
     return Agent(graph, guard, name, prof, model_name or default_name, price_in, price_out, config.recursion_limit,
-                 config.max_request_chars)
+                 config.max_request_chars, specs_by_name)
 
 
 @dataclass
@@ -149,7 +152,7 @@ def _config(agent: Agent, thread_id: str) -> dict[str, Any]:
 def _invoke(agent: Agent, payload: Any, thread_id: str) -> RunResult:
     from langgraph.errors import GraphRecursionError
 
-    agent.guard.start_segment()
+    agent.guard.start_segment(thread_id)
     try:
         agent.graph.invoke(payload, _config(agent, thread_id))
     except GraphRecursionError:
@@ -157,8 +160,14 @@ def _invoke(agent: Agent, payload: Any, thread_id: str) -> RunResult:
     return _result(agent, thread_id)
 
 
-def start_run(agent: Agent, request: str, *, thread_id: str | None = None) -> RunResult:
+def start_run(agent: Agent, request: str, *, thread_id: str | None = None, lock: Any = None) -> RunResult:
     """Run ``request`` on a new thread until it finishes, stops, or waits for an approval.
+
+    Args:
+        thread_id: a thread id of the caller's choosing (default: a new random one).
+        lock: for a caller-chosen ``thread_id``, a context manager (``opsfabric.locking.exclusive`` on the
+            thread) held from the "thread exists" check to the end of the run, so two processes starting
+            the same thread id cannot both start it.
 
     Raises:
         RequestError: the request is empty (or only whitespace) or longer than ``agents.max_request_chars``;
@@ -167,9 +176,10 @@ def start_run(agent: Agent, request: str, *, thread_id: str | None = None) -> Ru
     """
     check_request(request, agent.max_request_chars)
     thread_id = thread_id or f"ops-{uuid.uuid4().hex[:12]}"
-    if agent.graph.get_state(_config(agent, thread_id)).values:
-        raise ThreadStateError(f"thread {thread_id} already exists", hint="use a new thread id")
-    return _invoke(agent, {"messages": [HumanMessage(request)]}, thread_id)
+    with lock if lock is not None else nullcontext():
+        if agent.graph.get_state(_config(agent, thread_id)).values:
+            raise ThreadStateError(f"thread {thread_id} already exists", hint="use a new thread id")
+        return _invoke(agent, {"messages": [HumanMessage(request)]}, thread_id)
 
 
 def check_request(request: str, max_chars: int) -> None:
@@ -195,7 +205,8 @@ def resume_run(agent: Agent, thread_id: str, decision: dict[str, Any], *, lock: 
         agent: the compiled agent (any process: the thread lives in the checkpointer).
         thread_id: the thread ``start_run`` returned.
         decision: ``{"type": "approve"}``, ``{"type": "reject", "message": ...}`` or
-            ``{"type": "edit", "edited_action": {"name": tool, "args": {...}}}``.
+            ``{"type": "edit", "edited_action": {"args": {...}}}`` (the tool is the pending action's; edited
+            arguments are validated against its schema before anything runs).
         lock: a context manager held from the pending check to the end of the resumed run
             (``opsfabric.locking.exclusive`` on the thread): two answers racing from two processes
             then run the action once, and the second gets "already answered".
@@ -207,6 +218,8 @@ def resume_run(agent: Agent, thread_id: str, decision: dict[str, Any], *, lock: 
     Raises:
         ThreadStateError: the thread is unknown, finished, has no pending approval, or the expected
             action was already answered.
+        ToolArgumentError: edited arguments the tool's schema refuses (names the field); the action
+            stays pending, so the operator can answer again.
     """
     with lock if lock is not None else nullcontext():
         return _resume_locked(agent, thread_id, decision, expected_interrupt_id)
@@ -228,12 +241,30 @@ def _resume_locked(agent: Agent, thread_id: str, decision: dict[str, Any], expec
         raise ThreadStateError(f"action {expected_interrupt_id} of thread {thread_id} was already answered; the thread now waits on {now}",
                                hint=f"review the pending action (`python -m flows.agent pending {thread_id}`) and answer it by its action id")
     target = next((p for p in pending if p.interrupt_id == expected_interrupt_id), pending[0])
+    if decision.get("type") == "edit":
+        decision = _checked_edit(agent, target, decision)
     try:
         return _invoke(agent, Command(resume={target.interrupt_id: decision}), thread_id)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ThreadStateError(f"decision for thread {thread_id} refused: {fields}",
                                hint=f"edit arguments must match the schema of {target.tool}") from None
+
+
+def _checked_edit(agent: Agent, target: PendingAction, decision: dict[str, Any]) -> dict[str, Any]:
+    """The edit decision for ``target`` with its arguments validated (ToolArgumentError names the field)."""
+    from opsfabric.agents.errors import ToolArgumentError
+    from opsfabric.agents.tools import validate_args
+
+    edited = dict(decision.get("edited_action") or {})
+    if edited.get("name") not in (None, "", target.tool):
+        raise ToolArgumentError(f"an edit may change the arguments of {target.tool}, not the tool (got {edited['name']!r})")
+    args = edited.get("args")
+    if not isinstance(args, dict):
+        raise ToolArgumentError(f"edited arguments for {target.tool} must be a JSON object, got {type(args).__name__}",
+                                hint='e.g. {"batch": "batch_03"}')
+    validate_args(agent.specs[target.tool], args)
+    return {**decision, "edited_action": {"name": target.tool, "args": args}}
 
 
 def _result(agent: Agent, thread_id: str, forced_stop: str | None = None) -> RunResult:

@@ -239,12 +239,17 @@ class PlatformBackend:
 
 
 def approving_user() -> str:
-    """``user@host`` of the process running the approved action: the operator's for ``python -m flows.agent approve``,
-    the flow process's for an approval given in the Prefect UI form (the form does not say who submitted it)."""
+    """Who approved: ``user@host`` of the process for ``python -m flows.agent approve``; inside a Prefect flow run
+    (the UI's resume form) the flow run id, since open-source Prefect does not record who submitted a form."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry and no USER variable (some containers)
         user = f"uid {os.getuid()}"
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if run_id:
+        return f"the Prefect resume form of flow run {run_id} (submitter not recorded; flow process {user}@{socket.gethostname()})"
     return f"{user}@{socket.gethostname()}"
 
 

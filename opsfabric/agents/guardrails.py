@@ -7,8 +7,10 @@ Enforcement points (in the order a tool call meets them):
    an answer naming the reason, and the reason in state (``opsfabric_stop``).
 2. ``GuardrailMiddleware.wrap_tool_call`` (before approval, before the tool): hard allowlist of
    the profile, pydantic argument validation (the message names the field), tool-call budget,
-   loop detection on repeated (tool, canonical validated arguments), and a risky call after tool
-   output flagged by the injection detector or reporting ``flagged_sources``. A refusal returns an error ToolMessage marked
+   loop detection on repeated (tool, canonical validated arguments), a risky call proposed together
+   with other calls in one decision (parallel tool calls: its siblings' output could not be checked
+   first), and a risky call after tool output flagged by the injection detector or reporting
+   ``flagged_sources``. A refusal returns an error ToolMessage marked
    ``outcome: refused`` and sets the stop flag: the run ends at the next decision.
 3. ``HumanInTheLoopMiddleware`` (per call): the human decision for risky tools.
 4. ``ExecutionRecorder.wrap_tool_call`` (after approval, around the tool): a durable "started"
@@ -80,10 +82,10 @@ def check_budget_before_model(messages: list[Any], budget: BudgetSettings, *, pr
     return None
 
 
-def _call_key(call: dict[str, Any]) -> tuple[str, str]:
+def _call_key(call: dict[str, Any], specs: dict[str, Any]) -> tuple[str, str]:
     """(tool, canonical JSON of the validated arguments); the raw arguments when they do not validate."""
     args = call.get("args", {})
-    spec = SPECS_BY_NAME.get(call["name"])
+    spec = specs.get(call["name"])
     if spec is not None:
         try:
             args = validate_args(spec, args)
@@ -107,22 +109,36 @@ def recorded_seconds(messages: list[Any]) -> float:
 
 
 def check_tool_call(call: dict[str, Any], messages: list[Any], *, allowlist: list[str], budget: BudgetSettings,
-                    loop_max_repeats: int, risky: set[str]) -> tuple[Refusal | None, dict[str, Any] | None]:
-    """Refusal of a proposed tool call, or (None, validated args). Pure: same messages, same answer."""
+                    loop_max_repeats: int, risky: set[str],
+                    specs: dict[str, Any] | None = None) -> tuple[Refusal | None, dict[str, Any] | None]:
+    """Refusal of a proposed tool call, or (None, validated args). Pure: same messages, same answer.
+
+    ``specs`` maps tool names to the specs the agent was built with (default: the shipped ones).
+    """
+    specs = SPECS_BY_NAME if specs is None else specs
     name, args = call["name"], call.get("args", {})
-    if name not in allowlist or name not in SPECS_BY_NAME:
+    if name not in allowlist or name not in specs:
         return Refusal("allowlist", f"tool {name!r} is not allowed for this profile (allowed: {', '.join(allowlist)})"), None
     try:
-        validated = validate_args(SPECS_BY_NAME[name], args)
+        validated = validate_args(specs[name], args)
     except ToolArgumentError as exc:
         return Refusal("arguments", str(exc)), None
     history = _since_request(messages)
+    if name in risky:
+        # a model may propose several calls in one message (parallel tool calls): a risky call beside
+        # others would run before their output could be checked for injected instructions
+        siblings = next((m.tool_calls for m in history if isinstance(m, AIMessage)
+                         and any(c.get("id") == call.get("id") for c in m.tool_calls)), [])
+        others = [c["name"] for c in siblings if c.get("id") != call.get("id")]
+        if others:
+            return Refusal("parallel", f"risky tool {name} was proposed together with {', '.join(others)} in one decision: "
+                                       "a risky call must be proposed alone, after the output of earlier calls was checked"), None
     proposed = [c for m in history if isinstance(m, AIMessage) for c in m.tool_calls]
     position = next((i for i, c in enumerate(proposed) if c.get("id") == call.get("id")), len(proposed))
     if position + 1 > budget.max_tool_calls:
         return Refusal("budget:tool_calls", f"tool call {position + 1} exceeds the limit of {budget.max_tool_calls}"), None
     key = (name, canonical_json(validated))  # validated: defaults filled, so {"version": 4} and its spelled-out twin are one call
-    repeats = sum(_call_key(c) == key for c in proposed[:position])
+    repeats = sum(_call_key(c, specs) == key for c in proposed[:position])
     if repeats >= loop_max_repeats:
         return Refusal("loop", f"{name} with the same arguments was already proposed {repeats} times"), None
     if name in risky:
@@ -172,19 +188,25 @@ class GuardrailMiddleware(AgentMiddleware):
     state_schema = GuardState
 
     def __init__(self, *, allowlist: list[str], approval_required: list[str], budget: BudgetSettings,
-                 loop_max_repeats: int, price_in: float = 0.0, price_out: float = 0.0) -> None:
+                 loop_max_repeats: int, price_in: float = 0.0, price_out: float = 0.0,
+                 specs: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.allowlist = list(allowlist)
         self.risky = set(approval_required)
         self.budget = budget
         self.loop_max_repeats = loop_max_repeats
         self.price_in, self.price_out = price_in, price_out
-        self.segment_started = time.monotonic()
+        self.specs = dict(SPECS_BY_NAME if specs is None else specs)
+        self._segments: dict[str, float] = {}  # thread id -> start of its current invoke/resume (one agent may serve many threads)
 
-    def start_segment(self) -> None:
-        """Called by the runner before each invoke/resume. The wall budget counts the larger of this segment's
-        time and the agent time recorded on the run's messages (all segments), never a human's wait."""
-        self.segment_started = time.monotonic()
+    def start_segment(self, thread_id: str) -> None:
+        """Called by the runner before each invoke/resume of ``thread_id``. The wall budget counts the larger of this
+        segment's time and the agent time recorded on the run's messages (all segments), never a human's wait."""
+        self._segments[thread_id] = time.monotonic()
+
+    def segment_seconds(self, thread_id: str) -> float:
+        started = self._segments.get(thread_id)
+        return 0.0 if started is None else time.monotonic() - started
 
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: GuardState, runtime: Any) -> dict[str, Any] | None:
@@ -192,7 +214,7 @@ class GuardrailMiddleware(AgentMiddleware):
         refusal = None
         if reason is None:
             refusal = check_budget_before_model(state["messages"], self.budget, price_in=self.price_in, price_out=self.price_out,
-                                                elapsed_seconds=max(time.monotonic() - self.segment_started,
+                                                elapsed_seconds=max(self.segment_seconds(_current_thread_id()),
                                                                     recorded_seconds(state["messages"])))
             if refusal is None:
                 return None
@@ -217,7 +239,7 @@ class GuardrailMiddleware(AgentMiddleware):
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         call = request.tool_call
         refusal, _ = check_tool_call(call, request.state["messages"], allowlist=self.allowlist, budget=self.budget,
-                                     loop_max_repeats=self.loop_max_repeats, risky=self.risky)
+                                     loop_max_repeats=self.loop_max_repeats, risky=self.risky, specs=self.specs)
         if refusal is not None:
             return Command(update={"messages": [_refusal_message(call, refusal)], "opsfabric_stop": refusal.rule})
         result = handler(request)
@@ -263,11 +285,13 @@ class ActionLedger:
 def _thread_id(request: Any) -> str:
     config = getattr(getattr(request, "runtime", None), "config", None) or {}
     thread = (config.get("configurable") or {}).get("thread_id")
-    if thread is None:
-        from langgraph.config import get_config
+    return str(thread) if thread is not None else _current_thread_id()
 
-        thread = get_config().get("configurable", {}).get("thread_id")
-    return str(thread)
+
+def _current_thread_id() -> str:
+    from langgraph.config import get_config
+
+    return str(get_config().get("configurable", {}).get("thread_id"))
 
 
 class ExecutionRecorder(AgentMiddleware):

@@ -27,6 +27,20 @@ def _paused_run(flow_name: str, timeout: float = 120.0):
     raise AssertionError("no paused agent-ask flow run")
 
 
+def _paused_again(run, timeout: float = 60.0):
+    """The same flow run, paused anew (a new pause state) after a refused answer."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            now = client.read_flow_run(run.id)
+            if now.state and now.state.name == "Paused" and now.state.id != run.state.id:
+                return now
+            time.sleep(0.3)
+    raise AssertionError(f"flow run {run.id} did not pause again after a refused answer")
+
+
 def test_pending_approval_pauses_the_flow_and_the_form_resumes_the_thread(prefect_api, tmp_path):
     from prefect.flow_runs import resume_flow_run
 
@@ -45,7 +59,12 @@ def test_pending_approval_pauses_the_flow_and_the_form_resumes_the_thread(prefec
     paused = _paused_run("agent-ask")
     journal = tmp_path / "state" / "agents" / "replay-journal.jsonl"
     assert not journal.exists()  # nothing ran before the decision
-    # what the UI's resume form submits: the typed ApprovalInput fields
+    # what the UI's resume form submits: the typed ApprovalInput fields. A malformed or refused answer
+    # pauses the run again (the action is still pending) instead of failing it.
+    for bad in ("{not json", json.dumps({"batch": "latest"})):
+        resume_flow_run(paused.id, run_input={"decision": "edit", "edited_args_json": bad})
+        paused = _paused_again(paused)
+        assert not journal.exists()
     resume_flow_run(paused.id, run_input={"decision": "edit", "edited_args_json": json.dumps({"batch": "batch_04"})})
     worker.join(timeout=180)
     result = outcome["result"]

@@ -26,6 +26,8 @@ SCRIPTS = {
     "follow the docs": [("search_docs", {"query": "promotion"}), ("promote_model_version", {"version": 1})],
     "drop it": [("drop_database", {"really": True})],
     "promote four": [("promote_model_version", {"version": 4})],
+    # parallel tool calls: a read and a risky call in one decision
+    "both at once": [[("search_docs", {"query": "promotion"}), ("promote_model_version", {"version": 1})]],
 }
 
 
@@ -40,12 +42,13 @@ class ScriptedChatServer(BaseHTTPRequestHandler):
         ScriptedChatServer.seen_auth.append(self.headers.get("Authorization", ""))
         messages = body["messages"]
         request = next(m["content"] for m in messages if m["role"] == "user")
-        turn = sum(m["role"] == "tool" for m in messages)
+        turn = sum(m["role"] == "assistant" for m in messages)
         script = SCRIPTS[request]
         if turn < len(script):
-            name, args = script[turn]
+            calls = script[turn] if isinstance(script[turn], list) else [script[turn]]
             message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": f"call_{turn}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}
+                {"id": f"call_{turn}_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+                for i, (name, args) in enumerate(calls)]}
             finish = "tool_calls"
         else:
             message, finish = {"role": "assistant", "content": "Done (scripted endpoint)."}, "stop"
@@ -94,6 +97,19 @@ def test_injected_document_cannot_make_the_endpoint_model_promote(endpoint_agent
     assert r.trace["totals"]["opsfabric.cost.estimated_usd"] == pytest.approx(2 * (0.12 * 1.0 + 0.03 * 2.0))
     assert ScriptedChatServer.seen_auth[-1] == f"Bearer {API_KEY}"
     assert API_KEY not in json.dumps(r.trace) and find_secrets(json.dumps(r.trace)) == []
+
+
+def test_a_risky_call_proposed_beside_another_call_is_refused(endpoint_agent, tmp_path):
+    # the model proposes search_docs and a promotion in one message: the promotion could run before the
+    # search's output was checked for injected instructions, so it is refused even if an operator approves it
+    agent = endpoint_agent()
+    r = start_run(agent, "both at once")
+    if r.status == "awaiting_approval":  # the approval step comes before the tools run
+        r = resume_run(agent, r.thread_id, {"type": "approve"})
+    assert (r.status, r.stop_reason) == ("stopped", "parallel")
+    outcomes = {c.name: c.outcome for c in trajectory(r.trace)}
+    assert outcomes["promote_model_version"] == "refused"
+    assert not (tmp_path / "journal.jsonl").exists()
 
 
 def test_a_tool_outside_the_allowlist_is_a_hard_stop(endpoint_agent):
