@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
@@ -74,9 +74,17 @@ def _report(result: Any, folder: Any, settings: Any) -> int:
 
 
 @flow(name="agent-ask", log_prints=True)
-def agent_ask_flow(request: str, profile: str | None = None, backend: str = "platform", config_files: list[str] | None = None,
-                   approval_timeout_seconds: int = 3600) -> dict:
-    """Run one request; each pending risky action pauses this flow run for an operator's decision in the UI."""
+def agent_ask_flow(request: str, profile: str | None = None, backend: Literal["platform", "replay"] = "platform",
+                   config_files: list[str] | None = None, approval_timeout_seconds: int = 3600) -> dict:
+    """Run one request; each pending risky action pauses this flow run for an operator's decision in the UI.
+
+    Args:
+        request: what to do, in words, e.g. "check drift on batch_04 and retrain if needed".
+        profile: an ``agents.profiles`` key (allowlist, approvals, budget); empty: ``agents.default_profile``.
+        backend: ``platform`` acts on the live registry, index and drift store; ``replay`` on the recorded fixture.
+        config_files: extra YAML overlays of the configuration.
+        approval_timeout_seconds: how long a pending action waits for an operator before the run fails.
+    """
     from prefect import get_run_logger
 
     from flows.runners import flow_settings

@@ -20,7 +20,11 @@ from tasks.agents import gate_on_regressions, publish_results, replay_suite, ver
 
 @flow(name="agent-regression", log_prints=True)
 def agent_regression_flow(config_files: list[str] | None = None) -> dict:
-    """Replay the golden suite, publish the results, fail on regressions."""
+    """Replay the golden suite, publish the results, fail on regressions.
+
+    Args:
+        config_files: extra YAML overlays of the configuration (e.g. another ``agents.golden_dir``).
+    """
     from opsfabric.agents.regression import load_previous_verdicts
 
     settings = flow_settings(config_files)
