@@ -89,9 +89,8 @@ def agent_ask_flow(request: str, profile: str | None = None, backend: Literal["p
 
     from flows.runners import flow_settings
     from opsfabric.agents.agent import resume_run, start_run
-    from opsfabric.agents.errors import ThreadStateError
+    from opsfabric.agents.errors import ToolArgumentError
     from opsfabric.agents.trace import redact_text
-    from opsfabric.errors import OpsFabricError
     from opsfabric.locking import exclusive
     from tasks.agents import publish_trace, wait_for_approval
 
@@ -109,9 +108,7 @@ def agent_ask_flow(request: str, profile: str | None = None, backend: Literal["p
             result = resume_run(agent, result.thread_id, answer.to_decision(pending.tool), lock=lock,
                                 expected_interrupt_id=pending.interrupt_id)
             attempt, refused = 0, None
-        except ThreadStateError:
-            raise
-        except OpsFabricError as exc:  # bad JSON, or edited arguments the schema refuses: the action is still pending
+        except ToolArgumentError as exc:  # bad JSON, or edited arguments the schema refuses: refused before anything ran
             refused = str(exc)
             get_run_logger().warning("answer for %s refused, asking again: %s", pending.tool, redact_text(refused))
     trace_path = publish_trace(settings, result.trace)
@@ -151,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         lock = exclusive(settings, f"agent-thread-{args.thread}", purpose=f"start thread {args.thread}") if args.thread else None
         return _report(start_run(agent, args.request, thread_id=args.thread, lock=lock), folder, settings)
     if args.verb == "pending":
-        for p in pending_actions(agent, args.thread):
+        pending = pending_actions(agent, args.thread, known=True)
+        for p in pending:
             print(_pending_line(p))
+        if not pending:
+            print(f"thread {args.thread} waits for no approval (finished, stopped, or already answered)")
         return 0
     if args.verb == "approve":
         decision: dict[str, Any] = {"type": "approve"}

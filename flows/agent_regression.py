@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("record", "approve"):
         p = sub.add_parser(name, help=f"{name} the golden of one scenario")
         p.add_argument("scenario", help="scenario id (file name without .yaml)")
+        if name == "approve":
+            p.add_argument("--sha", default=None, help="the candidate's sha that `record` printed: refuse a candidate changed since")
     args = parser.parse_args(argv)
     if args.command in (None, "run"):
         result = agent_regression_flow()
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from opsfabric.agents.errors import GoldenError
-    from opsfabric.agents.golden import approve_candidate, golden_from_run, load_scenario, record_candidate, run_scenario
+    from opsfabric.agents.golden import (approve_candidate, candidate_digest, golden_from_run, load_scenario, record_candidate,
+                                         run_scenario)
     from opsfabric.settings import load_settings
 
     settings = load_settings()
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not path.exists():
         raise GoldenError(f"no scenario {args.scenario!r} ({path} does not exist)")
     if args.command == "approve":
-        print(f"approved {approve_candidate(path)}")
+        print(f"approved {approve_candidate(path, args.sha)}")
         return 0
     scenario = load_scenario(path)
     with tempfile.TemporaryDirectory(prefix="agent-record-") as tmp:
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     candidate = record_candidate(path, golden_from_run(scenario, run))
     print(f"recorded {candidate} (verdict of the current golden: {run.verdict.status})")
     print(run.verdict.render_diff())
-    print(f"review it, then: python -m flows.agent_regression approve {args.scenario}")
+    print(f"review it, then: python -m flows.agent_regression approve {args.scenario} --sha {candidate_digest(path)}")
     return 0
 
 

@@ -34,7 +34,7 @@ def replay_suite(settings: Settings) -> regression.SuiteReport:
 def publish_results(settings: Settings, report: regression.SuiteReport, previous: dict[str, str]) -> str:
     """MLflow run (metrics, verdicts, diffs, traces), Prefect table and markdown artifacts; returns the MLflow run id."""
     golden = settings.path(settings.agents.golden_dir)
-    lineage = Lineage(git_commit=git_commit(settings.project_root), flow_run_id=flow_run.get_id(),
+    lineage = Lineage(git_commit=git_commit(), flow_run_id=flow_run.get_id(),
                       flow_run_url=flow_run.get_flow_run_ui_url(), data_md5={"agent_golden": suite_digest(golden)})
     run_id = regression.log_suite(settings, report, lineage)
     create_table_artifact(report.rows, key="agent-regression", description=f"Golden-trace verdicts per scenario (MLflow run {run_id})")
@@ -64,7 +64,7 @@ class ApprovalInput(RunInput):
         """The HumanInTheLoopMiddleware decision this form stands for."""
         import json
 
-        from opsfabric.agents.errors import AgentError
+        from opsfabric.agents.errors import ToolArgumentError
 
         if self.decision == "approve":
             return {"type": "approve"}
@@ -73,7 +73,7 @@ class ApprovalInput(RunInput):
         try:
             args = json.loads(self.edited_args_json)
         except ValueError as exc:
-            raise AgentError(f"edited_args_json is not valid JSON: {exc}", hint='e.g. {"batch": "batch_03"}') from None
+            raise ToolArgumentError(f"edited_args_json is not valid JSON: {exc}", hint='e.g. {"batch": "batch_03"}') from None
         return {"type": "edit", "edited_action": {"name": tool, "args": args}}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from opsfabric.agents.errors import AgentError, RequestError, ThreadStateError
-from opsfabric.agents.guardrails import ActionLedger, ExecutionRecorder, GuardrailMiddleware
+from opsfabric.agents.guardrails import ActionLedger, ExecutionRecorder, GuardrailMiddleware, message_usage
 from opsfabric.agents.planner import PLANNER_NAME, OfflinePlanner
 from opsfabric.agents.settings import AgentsSettings, EndpointModelSettings, OfflinePlannerSettings, ProfileSettings
 from opsfabric.agents.tools import TOOL_SPECS, OpsBackend, make_tools
@@ -37,9 +37,20 @@ def open_checkpointer(path: Path, busy_timeout_seconds: float = 30.0) -> Any:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout_seconds)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
-    saver = SqliteSaver(conn)
-    saver.setup()
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+        saver = SqliteSaver(conn)
+        saver.setup()
+        conn.execute("SELECT count(*) FROM checkpoints").fetchone()  # reads the file: a damaged one fails here
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise AgentError(
+            f"{path}: the agent checkpoint database is unreadable ({exc}); it holds every agent thread, its pending "
+            "approvals and the started-records of risky actions",
+            hint=f"move it aside (mv {path} {path}.damaged): new requests then start on an empty database; threads "
+            "that were waiting for approval are lost and must be asked again; check the platform for risky actions "
+            "that were started (docs/repair.md)",
+        ) from None
     return saver
 
 
@@ -109,7 +120,7 @@ def build_agent(config: AgentsSettings, backend: OpsBackend, checkpointer: Any, 
     specs_by_name = {spec.name: spec for spec in (specs or TOOL_SPECS)}
     guard = GuardrailMiddleware(allowlist=prof.tools, approval_required=prof.approval_required, budget=prof.budget,
                                 loop_max_repeats=config.loop_max_repeats, price_in=price_in, price_out=price_out,
-                                specs=specs_by_name)
+                                specs=specs_by_name, reported_usage_only=model_name == PLANNER_NAME)
     hitl = HumanInTheLoopMiddleware(
         interrupt_on={t: {"allowed_decisions": ["approve", "edit", "reject"]} for t in prof.approval_required},
         interrupt_mode="per_call",
@@ -152,12 +163,25 @@ def _config(agent: Agent, thread_id: str) -> dict[str, Any]:
 def _invoke(agent: Agent, payload: Any, thread_id: str) -> RunResult:
     from langgraph.errors import GraphRecursionError
 
+    from opsfabric.errors import OpsFabricError
+
     agent.guard.start_segment(thread_id)
     try:
         agent.graph.invoke(payload, _config(agent, thread_id))
     except GraphRecursionError:
         return _result(agent, thread_id, forced_stop="recursion_limit")
+    except (OpsFabricError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the model endpoint failed, a bug: the thread stopped between two checkpoints
+        raise AgentError(f"thread {thread_id} stopped mid-run{_where(agent, thread_id)}: {type(exc).__name__}: {exc}",
+                         hint="what already ran is in the thread's checkpoint; actions taken so far are in the platform "
+                         "(check before asking again); `python -m flows.agent pending THREAD` shows the thread") from exc
     return _result(agent, thread_id)
+
+
+def _where(agent: Agent, thread_id: str) -> str:
+    nodes = agent.graph.get_state(_config(agent, thread_id)).next
+    return f" before node {', '.join(nodes)}" if nodes else ""
 
 
 def start_run(agent: Agent, request: str, *, thread_id: str | None = None, lock: Any = None) -> RunResult:
@@ -179,7 +203,7 @@ def start_run(agent: Agent, request: str, *, thread_id: str | None = None, lock:
     with lock if lock is not None else nullcontext():
         if agent.graph.get_state(_config(agent, thread_id)).values:
             raise ThreadStateError(f"thread {thread_id} already exists", hint="use a new thread id")
-        return _invoke(agent, {"messages": [HumanMessage(request)]}, thread_id)
+        return _invoke(agent, {"messages": [HumanMessage(request)], "opsfabric_profile": agent.profile_name}, thread_id)
 
 
 def check_request(request: str, max_chars: int) -> None:
@@ -191,8 +215,11 @@ def check_request(request: str, max_chars: int) -> None:
                            hint="shorten it, or split it into several requests")
 
 
-def pending_actions(agent: Agent, thread_id: str) -> list[PendingAction]:
+def pending_actions(agent: Agent, thread_id: str, *, known: bool = False) -> list[PendingAction]:
+    """The actions ``thread_id`` waits for (empty when none). ``known=True``: an unknown thread is a ThreadStateError."""
     state = agent.graph.get_state(_config(agent, thread_id))
+    if known and not state.values:
+        raise ThreadStateError(f"unknown thread {thread_id}", hint="use the thread id that `ask` printed")
     return [PendingAction(i.id, i.value["name"], dict(i.value["args"]), i.value.get("description", ""))
             for i in state.interrupts if isinstance(i.value, dict) and i.value.get("type") == "tool_approval"]
 
@@ -227,13 +254,21 @@ def resume_run(agent: Agent, thread_id: str, decision: dict[str, Any], *, lock: 
 
 def _resume_locked(agent: Agent, thread_id: str, decision: dict[str, Any], expected_interrupt_id: str | None = None) -> RunResult:
     from langgraph.types import Command
-    from pydantic import ValidationError
 
     state = agent.graph.get_state(_config(agent, thread_id))
     if not state.values:
         raise ThreadStateError(f"unknown thread {thread_id}", hint="use the thread id that `ask` printed")
+    started_as = state.values.get("opsfabric_profile")
+    if started_as and started_as != agent.profile_name:
+        raise ThreadStateError(f"thread {thread_id} was started with profile {started_as!r}, not {agent.profile_name!r}: its "
+                               "allowlist, approvals and budget apply to the whole thread",
+                               hint=f"answer it with --profile {started_as}")
     pending = pending_actions(agent, thread_id)
     if not pending:
+        if state.next:
+            raise ThreadStateError(f"thread {thread_id} has no pending approval: it stopped mid-run before node "
+                                   f"{', '.join(state.next)} (an error during an earlier resume)",
+                                   hint="check the platform for actions it took, then start a new request with `ask`")
         raise ThreadStateError(f"thread {thread_id} has no pending approval: it finished or was already answered",
                                hint="start a new request with `ask`")
     if expected_interrupt_id is not None and all(p.interrupt_id != expected_interrupt_id for p in pending):
@@ -241,29 +276,31 @@ def _resume_locked(agent: Agent, thread_id: str, decision: dict[str, Any], expec
         raise ThreadStateError(f"action {expected_interrupt_id} of thread {thread_id} was already answered; the thread now waits on {now}",
                                hint=f"review the pending action (`python -m flows.agent pending {thread_id}`) and answer it by its action id")
     target = next((p for p in pending if p.interrupt_id == expected_interrupt_id), pending[0])
-    if decision.get("type") == "edit":
-        decision = _checked_edit(agent, target, decision)
-    try:
-        return _invoke(agent, Command(resume={target.interrupt_id: decision}), thread_id)
-    except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ThreadStateError(f"decision for thread {thread_id} refused: {fields}",
-                               hint=f"edit arguments must match the schema of {target.tool}") from None
+    if decision.get("type") not in ("approve", "reject", "edit"):
+        raise ThreadStateError(f"decision for thread {thread_id}, action {target.interrupt_id} refused: type must be "
+                               f"approve, reject or edit, got {decision.get('type')!r}")
+    if decision["type"] == "edit":
+        decision = _checked_edit(agent, target, decision, thread_id)
+    return _invoke(agent, Command(resume={target.interrupt_id: decision}), thread_id)
 
 
-def _checked_edit(agent: Agent, target: PendingAction, decision: dict[str, Any]) -> dict[str, Any]:
-    """The edit decision for ``target`` with its arguments validated (ToolArgumentError names the field)."""
+def _checked_edit(agent: Agent, target: PendingAction, decision: dict[str, Any], thread_id: str) -> dict[str, Any]:
+    """The edit decision for ``target`` with its arguments validated (ToolArgumentError names thread, action and field)."""
     from opsfabric.agents.errors import ToolArgumentError
     from opsfabric.agents.tools import validate_args
 
+    where = f"thread {thread_id}, action {target.interrupt_id}"
     edited = dict(decision.get("edited_action") or {})
     if edited.get("name") not in (None, "", target.tool):
-        raise ToolArgumentError(f"an edit may change the arguments of {target.tool}, not the tool (got {edited['name']!r})")
+        raise ToolArgumentError(f"{where}: an edit may change the arguments of {target.tool}, not the tool (got {edited['name']!r})")
     args = edited.get("args")
     if not isinstance(args, dict):
-        raise ToolArgumentError(f"edited arguments for {target.tool} must be a JSON object, got {type(args).__name__}",
+        raise ToolArgumentError(f"{where}: edited arguments for {target.tool} must be a JSON object, got {type(args).__name__}",
                                 hint='e.g. {"batch": "batch_03"}')
-    validate_args(agent.specs[target.tool], args)
+    try:
+        validate_args(agent.specs[target.tool], args)
+    except ToolArgumentError as exc:
+        raise ToolArgumentError(f"{where}: {exc}", hint=exc.hint) from None
     return {**decision, "edited_action": {"name": target.tool, "args": args}}
 
 
@@ -277,7 +314,7 @@ def _result(agent: Agent, thread_id: str, forced_stop: str | None = None) -> Run
         return RunResult(thread_id, "awaiting_approval", pending=pending, trace=partial)
     last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
     answer = str(last.content) if last is not None else ""
-    stop = forced_stop or state.values.get("opsfabric_stop")
+    stop = forced_stop or state.values.get("opsfabric_stop") or None
     if stop:
         status = "stopped"
         if forced_stop:
@@ -326,10 +363,7 @@ def build_trace(messages: list[Any], *, profile: str, thread_id: str, model_name
             stop = m.additional_kwargs["opsfabric_stop"]
             rec.guardrail(stop["rule"], "stop", stop["detail"])
             continue
-        usage = m.usage_metadata or {}
-        estimated = not usage and model_name != PLANNER_NAME
-        tin = usage.get("input_tokens", 0)
-        tout = usage.get("output_tokens", len(str(m.content)) // 4 if estimated else 0)
+        tin, tout, estimated = message_usage(m, reported_only=model_name == PLANNER_NAME)
         rec.model_call(model_name, input_tokens=tin, output_tokens=tout, estimated=estimated,
                        cost=tin / 1000 * price_in + tout / 1000 * price_out, tool_calls=[c["name"] for c in m.tool_calls],
                        duration_ms=m.response_metadata.get("opsfabric_duration_ms", 0.0), start_ms=cursor)

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from opsfabric.agents.errors import BackendError
+from opsfabric.agents.errors import BackendError, OutcomeUnknownError
 from opsfabric.settings import Settings
 
 # Tags a manual promotion writes on the version it makes champion (the gate's own tags stay as they are).
@@ -228,7 +228,7 @@ class PlatformBackend:
                     "summary": f"retraining on {batch} is still running after {self.settings.agents.retrain_wait_seconds:g} s "
                                f"(pid {proc.pid}); its outcome goes to {log}, the Prefect flow run 'retrain' and MLflow"}
         if status != 0:
-            raise BackendError(f"retraining on {batch} failed (exit status {status}): {named_error(log)}", hint=f"full log: {log}")
+            raise OutcomeUnknownError(f"retraining on {batch} failed (exit status {status}): {named_error(log)}", hint=f"full log: {log}")
         outcome = parse_flow_output(result.read_text())
         word = "promoted" if outcome.get("promoted") else "not promoted"
         return {"started": True, "finished": True, "batch": batch, "reason": reason, "log": str(log), "run_id": outcome.get("run_id"),
@@ -294,7 +294,7 @@ def parse_flow_output(text: str) -> dict[str, Any]:
             continue
         if isinstance(value, dict):
             return value
-    raise BackendError(f"the retrain run exited 0 but printed no JSON summary (stdout ends: {text[-300:]!r})")
+    raise OutcomeUnknownError(f"the retrain run exited 0 but printed no JSON summary (stdout ends: {text[-300:]!r})")
 
 
 def cited_passages(answer_text: str, citations: list[dict[str, Any]], n_contexts: int) -> list[str]:

@@ -25,13 +25,9 @@ class ToolArgumentError(AgentError):
     """A tool was called with arguments its schema refuses (the message names the field)."""
 
 
-class GuardrailBreach(AgentError):
-    """A guardrail stopped the run; ``reason`` is the recorded, machine-readable reason."""
-
-    def __init__(self, reason: str, message: str, *, hint: str | None = None):
-        super().__init__(message, hint=hint)
-        self.reason = reason
-
-
 class BackendError(AgentError):
-    """A tool's backend call failed (registry, index, drift store unavailable or empty)."""
+    """A tool's backend refused a call before acting (unknown version, no such batch, nothing to read)."""
+
+
+class OutcomeUnknownError(BackendError):
+    """A risky action started and then failed: it may have changed the platform (never retried)."""

@@ -172,22 +172,48 @@ def dump_scenario(scenario: Scenario) -> str:
 
 
 def record_candidate(path: Path, scenario: Scenario) -> Path:
-    """Write ``scenario`` as ``<path stem>.candidate.yaml``; refuse if a candidate is already waiting."""
+    """Write ``scenario`` as ``<path stem>.candidate.yaml``; refuse if a candidate is already waiting.
+
+    The text is written to a temporary file first and then hard-linked into place: the link fails if
+    a candidate exists (two `record` runs cannot both write it), and a kill mid-write leaves only
+    the temporary file, never a partial candidate.
+    """
+    import os
+    import tempfile
+
     candidate = path.with_name(path.stem + CANDIDATE_SUFFIX)
-    text = dump_scenario(scenario)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
-        with candidate.open("x") as handle:  # exclusive create: two `record` runs cannot both write it
-            handle.write(text)
-    except FileExistsError:
-        raise GoldenError(f"{candidate} already exists", hint="approve or delete it first; goldens are never overwritten silently") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(dump_scenario(scenario))
+        try:
+            os.link(tmp, candidate)
+        except FileExistsError:
+            raise GoldenError(f"{candidate} already exists", hint="approve or delete it first; goldens are never overwritten silently") from None
+    finally:
+        os.unlink(tmp)
     return candidate
 
 
-def approve_candidate(path: Path) -> Path:
-    """Replace the golden ``path`` with its candidate."""
+def candidate_digest(path: Path) -> str:
+    """Short SHA-256 of the candidate of golden ``path``: what `record` printed and `approve --sha` names."""
+    import hashlib
+
+    return hashlib.sha256(path.with_name(path.stem + CANDIDATE_SUFFIX).read_bytes()).hexdigest()[:12]
+
+
+def approve_candidate(path: Path, expected_digest: str | None = None) -> Path:
+    """Replace the golden ``path`` with its candidate.
+
+    ``expected_digest`` (what `record` printed) binds the approval to the candidate that was reviewed:
+    a candidate recorded again since then is refused.
+    """
     candidate = path.with_name(path.stem + CANDIDATE_SUFFIX)
     if not candidate.exists():
         raise GoldenError(f"no candidate to approve for {path.name} ({candidate.name} does not exist)", hint="run `record` first")
+    if expected_digest is not None and candidate_digest(path) != expected_digest:
+        raise GoldenError(f"{candidate.name} changed since it was reviewed (sha {candidate_digest(path)}, approved {expected_digest})",
+                          hint="review the candidate again and approve its current sha")
     load_scenario(candidate)  # a malformed candidate never replaces a golden
     candidate.replace(path)
     return path

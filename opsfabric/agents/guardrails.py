@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, NotRequired
+from typing import Annotated, Any, Callable, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
 from langchain_core.messages import AIMessage, ToolMessage
@@ -39,8 +39,14 @@ from opsfabric.agents.settings import BudgetSettings
 from opsfabric.agents.tools import SPECS_BY_NAME, validate_args
 
 
+def _first_stop(current: str | None, new: str | None) -> str | None:
+    """Reducer of ``opsfabric_stop``: several refusals in one step (parallel calls) keep the first reason."""
+    return current or new
+
+
 class GuardState(AgentState):
-    opsfabric_stop: NotRequired[str]
+    opsfabric_stop: NotRequired[Annotated[str, _first_stop]]
+    opsfabric_profile: NotRequired[str]  # the profile the thread was started with; a resume must use the same
 
 
 @dataclass(frozen=True)
@@ -56,23 +62,37 @@ def _since_request(messages: list[Any]) -> list[Any]:
     return messages[start + 1 :]
 
 
-def usage_totals(messages: list[Any], price_in: float, price_out: float) -> tuple[int, int, float]:
-    """Tokens in/out and estimated cost of the model calls since the request."""
+def message_usage(m: AIMessage, *, reported_only: bool = False) -> tuple[int, int, bool]:
+    """(input tokens, output tokens, estimated) of one model message.
+
+    An endpoint that reports no usage gets an estimate (4 characters a token of what it wrote, plus
+    its tool-call arguments), so the token and cost budgets still bind; the trace labels it
+    ``opsfabric.usage.estimated``. Messages of the offline planner (``reported_only``) cost nothing.
+    """
+    usage = m.usage_metadata or {}
+    if usage or reported_only or m.additional_kwargs.get("opsfabric_stop"):
+        return usage.get("input_tokens", 0), usage.get("output_tokens", 0), False
+    written = len(str(m.content)) + sum(len(canonical_json(c.get("args", {}))) + len(c["name"]) for c in m.tool_calls)
+    return 0, written // 4, True
+
+
+def usage_totals(messages: list[Any], price_in: float, price_out: float, *, reported_only: bool = False) -> tuple[int, int, float]:
+    """Tokens in/out and estimated cost of the model calls since the request (estimates where none was reported)."""
     tin = tout = 0
     for m in _since_request(messages):
-        if isinstance(m, AIMessage) and m.usage_metadata:
-            tin += m.usage_metadata.get("input_tokens", 0)
-            tout += m.usage_metadata.get("output_tokens", 0)
+        if isinstance(m, AIMessage):
+            i, o, _ = message_usage(m, reported_only=reported_only)
+            tin, tout = tin + i, tout + o
     return tin, tout, tin / 1000 * price_in + tout / 1000 * price_out
 
 
 def check_budget_before_model(messages: list[Any], budget: BudgetSettings, *, price_in: float, price_out: float,
-                              elapsed_seconds: float) -> Refusal | None:
+                              elapsed_seconds: float, reported_only: bool = False) -> Refusal | None:
     """Budget breach before the next decision, or None."""
     steps = sum(isinstance(m, AIMessage) for m in _since_request(messages))
     if steps >= budget.max_steps:
         return Refusal("budget:steps", f"{steps} decision steps reached the limit of {budget.max_steps}")
-    tin, tout, cost = usage_totals(messages, price_in, price_out)
+    tin, tout, cost = usage_totals(messages, price_in, price_out, reported_only=reported_only)
     if tin + tout > budget.max_tokens:
         return Refusal("budget:tokens", f"{tin + tout} tokens exceed the limit of {budget.max_tokens}")
     if cost > budget.max_cost_usd:
@@ -152,6 +172,19 @@ def check_tool_call(call: dict[str, Any], messages: list[Any], *, allowlist: lis
     return None, validated
 
 
+def unique_tool_call_ids(message: AIMessage, used: set[Any], *, step: int) -> None:
+    """Give every tool call of ``message`` an id no earlier call of the thread has (in place).
+
+    The checks (parallel siblings, position in the tool-call budget, loop counting) and the trace
+    find a call by its id. Ids come from the model; an endpoint may leave them empty or repeat one
+    from an earlier turn, which would let a call borrow an earlier call's history.
+    """
+    for k, call in enumerate(message.tool_calls):
+        if not call.get("id") or call["id"] in used:
+            call["id"] = f"{call.get('id') or 'call'}-opsfabric-{step}-{k}"
+        used.add(call["id"])
+
+
 def injection_flags(content: Any) -> list[str]:
     """Injection rules a tool result trips: the detector on its text, plus ``flagged_sources`` a tool reported.
 
@@ -189,8 +222,9 @@ class GuardrailMiddleware(AgentMiddleware):
 
     def __init__(self, *, allowlist: list[str], approval_required: list[str], budget: BudgetSettings,
                  loop_max_repeats: int, price_in: float = 0.0, price_out: float = 0.0,
-                 specs: dict[str, Any] | None = None) -> None:
+                 specs: dict[str, Any] | None = None, reported_usage_only: bool = False) -> None:
         super().__init__()
+        self.reported_usage_only = reported_usage_only  # the offline planner: its zero usage is exact, not missing
         self.allowlist = list(allowlist)
         self.risky = set(approval_required)
         self.budget = budget
@@ -210,12 +244,13 @@ class GuardrailMiddleware(AgentMiddleware):
 
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: GuardState, runtime: Any) -> dict[str, Any] | None:
-        reason = state.get("opsfabric_stop")
+        reason = state.get("opsfabric_stop") or None  # the reducer's channel starts as ""
         refusal = None
         if reason is None:
             refusal = check_budget_before_model(state["messages"], self.budget, price_in=self.price_in, price_out=self.price_out,
                                                 elapsed_seconds=max(self.segment_seconds(_current_thread_id()),
-                                                                    recorded_seconds(state["messages"])))
+                                                                    recorded_seconds(state["messages"])),
+                                                reported_only=self.reported_usage_only)
             if refusal is None:
                 return None
             reason = refusal.rule
@@ -231,9 +266,11 @@ class GuardrailMiddleware(AgentMiddleware):
         started = time.perf_counter()
         response = handler(request)
         elapsed = (time.perf_counter() - started) * 1000
+        used = {c.get("id") for m in request.messages if isinstance(m, AIMessage) for c in m.tool_calls}
         for message in getattr(response, "result", []):
             if isinstance(message, AIMessage):
                 message.response_metadata["opsfabric_duration_ms"] = round(elapsed, 3)
+                unique_tool_call_ids(message, used, step=len(request.messages))
         return response
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
@@ -308,6 +345,8 @@ class ExecutionRecorder(AgentMiddleware):
         self.ledger = ledger or ActionLedger(None)
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        from opsfabric.agents.errors import OutcomeUnknownError
+        from opsfabric.agents.trace import redact_text
         from opsfabric.errors import OpsFabricError
 
         call = request.tool_call
@@ -323,15 +362,19 @@ class ExecutionRecorder(AgentMiddleware):
         stop: str | None = None
         try:
             result = handler(request)
-        except OpsFabricError as exc:  # a named backend failure is a tool error the planner may retry
-            result = ToolMessage(content=f"{type(exc).__name__}: {exc}", name=call["name"], tool_call_id=call["id"], status="error")
         except Exception as exc:
-            if not risky:
+            named_refusal = isinstance(exc, OpsFabricError) and not isinstance(exc, OutcomeUnknownError)
+            if named_refusal:  # refused before acting (unknown version, no such batch): a tool error the planner may retry
+                result = ToolMessage(content=redact_text(f"{type(exc).__name__}: {exc}"), name=call["name"],
+                                     tool_call_id=call["id"], status="error")
+            elif not risky:
                 raise
-            # the backend may have acted before failing: record the error, do not let the run retry it
-            result = ToolMessage(content=f"{type(exc).__name__}: {exc} (outcome unknown: it may have run; check the platform)",
-                                 name=call["name"], tool_call_id=call["id"], status="error")
-            stop = OUTCOME_UNKNOWN
+            else:
+                # the backend may have acted before failing: record the error, never let the run retry it
+                result = ToolMessage(content=redact_text(f"{type(exc).__name__}: {exc} (outcome unknown: it may have run; "
+                                                         f"check the platform; thread {_thread_id(request)})"),
+                                     name=call["name"], tool_call_id=call["id"], status="error")
+                stop = OUTCOME_UNKNOWN
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         if isinstance(result, ToolMessage):
             meta: dict[str, Any] = {

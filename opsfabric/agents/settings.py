@@ -82,7 +82,11 @@ class AgentsSettings(_Section):
     model: DecisionModelSettings = Field(default_factory=OfflinePlannerSettings)
     default_profile: str = "operator"
     profiles: dict[str, ProfileSettings] = Field(default_factory=_default_profiles)
-    recursion_limit: int = Field(default=40, ge=5, description="LangGraph super-steps per invocation (explicit, never the ~10k default).")
+    recursion_limit: int = Field(
+        default=50, ge=5,
+        description="LangGraph super-steps per invocation (explicit, never the ~10k default). A decision with its tool "
+        "calls takes about 4 super-steps: keep it above 4 x max_steps + 2 so the steps budget stops a run first, with "
+        "its own reason; this limit is the backstop.")
     loop_max_repeats: int = Field(default=2, ge=1, description="A (tool, canonical arguments) pair proposed more often than this is a loop.")
     golden_dir: str = Field(default="data/golden/agent", description="Scenario files of the regression suite (git + DVC dep).")
     metrics_path: str = Field(default="metrics/agent_regression.json", description="DVC metrics of the suite (stage agent_regression).")

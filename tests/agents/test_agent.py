@@ -387,3 +387,55 @@ def test_wall_time_budget_counts_agent_time_across_resumes(tmp_path):
     assert [p.tool for p in r.pending] == ["promote_model_version"]
     done = resume_run(agent, r.thread_id, {"type": "approve"}, expected_interrupt_id=r.pending[0].interrupt_id)  # 3 s in all
     assert (done.status, done.stop_reason) == ("stopped", "budget:wall_time")
+
+
+@pytest.mark.flows
+def test_a_risky_action_that_failed_after_acting_is_never_offered_again(tmp_path):
+    from opsfabric.agents.errors import OutcomeUnknownError
+
+    class ActsThenFails(ReplayBackend):
+        def trigger_retraining(self, batch, reason):
+            super().trigger_retraining(batch, reason)  # the side effect happened
+            raise OutcomeUnknownError(f"retraining on {batch} failed (exit status 1)")
+
+    agent = build_agent(AgentsSettings(), ActsThenFails(journal=tmp_path / "journal.jsonl"), open_checkpointer(tmp_path / "cp.sqlite"))
+    r = start_run(agent, "retrain the model on batch 3")
+    done = resume_run(agent, r.thread_id, {"type": "approve"})
+    assert (done.status, done.stop_reason, done.pending) == ("stopped", "outcome_unknown", [])
+    assert trajectory(done.trace)[-1].outcome == "error"
+    assert "outcome unknown" in done.answer or "outcome unknown" in json.dumps(done.trace)
+    assert len(journal(tmp_path)) == 1
+
+
+@pytest.mark.flows
+def test_a_thread_is_answered_only_under_the_profile_it_started_with(agent_factory, tmp_path):
+    strict = AgentsSettings(profiles={**AgentsSettings().profiles,
+                                      "retrain_only": ProfileSettings(tools=[*READ_ONLY_TOOLS, "trigger_retraining"],
+                                                                      approval_required=["trigger_retraining"])})
+    agent, _ = agent_factory(strict, profile="retrain_only")
+    r = start_run(agent, "retrain the model on batch 3")
+    operator, _ = agent_factory(strict, profile="operator")
+    with pytest.raises(ThreadStateError, match=r"started with profile 'retrain_only', not 'operator'"):
+        resume_run(operator, r.thread_id, {"type": "approve"})
+    assert journal(tmp_path) == []
+    assert resume_run(agent, r.thread_id, {"type": "approve"}).status == "completed"
+
+
+@pytest.mark.unit
+def test_token_budget_binds_when_the_endpoint_reports_no_usage():
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from opsfabric.agents.guardrails import check_budget_before_model
+
+    chatty = [HumanMessage("x"), AIMessage("word " * 2000)]  # no usage_metadata: about 2,500 estimated tokens
+    refusal = check_budget_before_model(chatty, BudgetSettings(max_tokens=1000), price_in=0, price_out=0, elapsed_seconds=0)
+    assert refusal is not None and refusal.rule == "budget:tokens"
+    # the offline planner's zero usage is exact, not missing
+    assert check_budget_before_model(chatty, BudgetSettings(max_tokens=1000), price_in=0, price_out=0, elapsed_seconds=0,
+                                     reported_only=True) is None
+
+
+@pytest.mark.unit
+def test_pending_on_an_unknown_thread_is_a_named_error(tmp_path):
+    done = _cli(tmp_path, "pending", "ops-nope")
+    assert done.returncode == 2 and "unknown thread ops-nope" in done.stderr

@@ -28,7 +28,12 @@ SCRIPTS = {
     "promote four": [("promote_model_version", {"version": 4})],
     # parallel tool calls: a read and a risky call in one decision
     "both at once": [[("search_docs", {"query": "promotion"}), ("promote_model_version", {"version": 1})]],
+    "two risky at once": [[("trigger_retraining", {"batch": "batch_03"}), ("promote_model_version", {"version": 1})]],
+    # an endpoint that numbers tool calls per message, so ids repeat across turns
+    "reused ids": [("index_status", {}), [("rollback_index_alias", {}), ("index_status", {})]],
+    "same id every turn": [("index_status", {})] * 6,
 }
+REUSED_IDS = {"reused ids", "same id every turn"}
 
 
 class ScriptedChatServer(BaseHTTPRequestHandler):
@@ -47,7 +52,8 @@ class ScriptedChatServer(BaseHTTPRequestHandler):
         if turn < len(script):
             calls = script[turn] if isinstance(script[turn], list) else [script[turn]]
             message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": f"call_{turn}_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+                {"id": f"call_{i}" if request in REUSED_IDS else f"call_{turn}_{i}", "type": "function",
+                 "function": {"name": name, "arguments": json.dumps(args)}}
                 for i, (name, args) in enumerate(calls)]}
             finish = "tool_calls"
         else:
@@ -104,12 +110,30 @@ def test_a_risky_call_proposed_beside_another_call_is_refused(endpoint_agent, tm
     # search's output was checked for injected instructions, so it is refused even if an operator approves it
     agent = endpoint_agent()
     r = start_run(agent, "both at once")
-    if r.status == "awaiting_approval":  # the approval step comes before the tools run
-        r = resume_run(agent, r.thread_id, {"type": "approve"})
-    assert (r.status, r.stop_reason) == ("stopped", "parallel")
+    # refused by the guardrail before any approval is asked (the guard wraps the approval step)
+    assert (r.status, r.stop_reason, r.pending) == ("stopped", "parallel", [])
     outcomes = {c.name: c.outcome for c in trajectory(r.trace)}
     assert outcomes["promote_model_version"] == "refused"
     assert not (tmp_path / "journal.jsonl").exists()
+
+
+def test_two_risky_calls_in_one_decision_stop_with_one_reason(endpoint_agent, tmp_path):
+    r = start_run(endpoint_agent(), "two risky at once")
+    assert (r.status, r.stop_reason, r.pending) == ("stopped", "parallel", [])
+    assert [c.outcome for c in trajectory(r.trace)] == ["refused", "refused"]
+    assert not (tmp_path / "journal.jsonl").exists()
+
+
+def test_tool_call_ids_repeated_by_the_endpoint_do_not_defeat_the_guardrails(endpoint_agent, tmp_path):
+    # turn 2 reuses turn 1's id for the risky call: it is still seen as sharing its decision with another call
+    r = start_run(endpoint_agent(), "reused ids")
+    assert (r.status, r.stop_reason, r.pending) == ("stopped", "parallel", [])
+    assert [(c.name, c.outcome) for c in trajectory(r.trace)] == [
+        ("index_status", "ok"), ("rollback_index_alias", "refused"), ("index_status", "ok")]
+    # the same id every turn: loop detection still counts each call
+    looped = start_run(endpoint_agent(), "same id every turn")
+    assert (looped.status, looped.stop_reason) == ("stopped", "loop")
+    assert [c.outcome for c in trajectory(looped.trace)] == ["ok", "ok", "refused"]
 
 
 def test_a_tool_outside_the_allowlist_is_a_hard_stop(endpoint_agent):

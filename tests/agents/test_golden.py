@@ -10,6 +10,7 @@ import yaml
 from opsfabric.agents.errors import GoldenError
 from opsfabric.agents.golden import (
     approve_candidate,
+    candidate_digest,
     golden_from_run,
     load_scenario,
     record_candidate,
@@ -71,7 +72,13 @@ def test_record_writes_a_candidate_and_approve_replaces_the_golden(tmp_path):
     with pytest.raises(GoldenError, match="already exists"):
         record_candidate(path, golden_from_run(changed, run))
     assert scenario_files(tmp_path) == [path]  # candidates are not replayed as goldens
-    approve_candidate(path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["promote_denied.candidate.yaml", "promote_denied.yaml"]  # no temp left
+    reviewed = candidate_digest(path)
+    candidate.write_text(candidate.read_text() + "# changed after review\n")
+    with pytest.raises(GoldenError, match="changed since it was reviewed"):
+        approve_candidate(path, reviewed)
+    assert path.read_text() == original
+    approve_candidate(path, candidate_digest(path))
     assert not candidate.exists() and load_scenario(path).expect.trajectory.calls[0].outcome == "ok"
     with pytest.raises(GoldenError, match="no candidate to approve"):
         approve_candidate(path)
