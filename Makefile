@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PREFECT_HOME ?= $(CURDIR)/$(STATE)/prefect
 
-.PHONY: install run test test-fast ui mlflow-ui deploy worker repro bench lock clean ask index-status rollback agent-ask agent-regression
+.PHONY: install run test test-fast ui mlflow-ui deploy worker repro bench lock clean ask index-status rollback agent-ask agent-regression lineage ops-report serve stop
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over the embedded SQLit
 deploy: install ## serve every deployment with its schedule (needs PREFECT_API_URL of a running server)
 	$(PY) -m deployments.serve
 
+serve: install ## control room: Prefect server + UI on http://127.0.0.1:4200 (PORT=...), every deployment from git, a worker; Ctrl-C stops
+	@mkdir -p $(PREFECT_HOME)
+	$(PY) -m deployments.control_room serve $(if $(PORT),--port $(PORT))
+
+stop: ## stop a running `make serve` (server and worker, no process left behind)
+	$(PY) -m deployments.control_room stop
+
 worker: install ## a process worker for the `opsfabric` work pool
 	$(VENV)/bin/prefect worker start --pool opsfabric --type process
 
@@ -60,6 +67,13 @@ agent-ask: install ## ask the ops agent: make agent-ask Q="check drift on batch_
 
 agent-regression: install ## replay the agent's golden-trace scenarios and print the pass rate
 	$(PY) -m flows.agent_regression
+
+lineage: install ## where did this come from: make lineage REF=models:/churn-classifier@champion [ARGS="--json l.json --openlineage l.jsonl"]
+	@test -n "$(REF)" || { echo 'usage: make lineage REF=models:/churn-classifier@champion (or index:docs-live, run:<id>, data:<path|md5>)'; exit 2; }
+	$(PY) -m flows.lineage "$(REF)" $(ARGS)
+
+ops-report: install ## one report across ML, RAG and agents (HTML in MLflow experiment opsfabric-ops-report, Prefect artifact ops-report)
+	$(PY) -m flows.ops_report
 
 index-status: install ## RAG index versions, their scores, and where the live alias points
 	$(PY) -m flows.rag_index status

@@ -10,7 +10,11 @@ from tasks.ingest import ingest_corpus, load_rag_config
 
 @flow(name="rag-ingest", log_prints=True)
 def ingest_flow(config_files: list[str] | None = None) -> dict:
-    """load → clean → chunk → embed → upsert into a new versioned Qdrant collection."""
+    """load → clean → chunk → embed → upsert into a new versioned Qdrant collection.
+
+    Args:
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
+    """
     config = load_rag_config(flow_settings(config_files))
     report, run_id = ingest_corpus(config)
     return report.summary() | {"mlflow_run_id": run_id}

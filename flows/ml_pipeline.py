@@ -22,14 +22,18 @@ def ml_pipeline_flow(config_files: list[str] | None = None) -> dict:
 
     The stages run as task groups inside this flow run (the standalone flows ``validate``,
     ``train``, ``monitor``, ``retrain``, ``score`` wrap the same groups); drift-triggered
-    retraining runs here too, or as a deployment when ``orchestration.retrain_deployment`` is set.
+    retraining runs here too, always (the next batch is judged by the champion it produced).
+
+    Args:
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
     """
     settings = flow_settings(config_files)
     files, contract = prepare_dataset(settings)
     validate_files(settings, list(files.values()), contract)
     trained = train_and_gate(settings, files["reference"], contract)
     batches = [path for name, path in files.items() if name != "reference"]
-    monitored = [monitor_and_react(settings, path, contract, config_files) for path in batches]
+    # inline: the next batch is judged by the champion this batch's retraining produced
+    monitored = [monitor_and_react(settings, path, contract, config_files, retrain_via="inline") for path in batches]
     scored = None
     if batches:
         out = run_dir(settings, "score") / f"{batches[-1].stem}.scored.parquet"

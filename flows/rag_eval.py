@@ -15,6 +15,10 @@ def rag_eval_flow(config_files: list[str] | None = None, collection: str | None 
     """golden set → evaluate ``collection`` (default: the newest build not rolled back) vs live → gate → alias.
 
     A version an operator rolled back goes live again only when named here as ``collection``.
+
+    Args:
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
+        collection: the index version to evaluate (docs-v0003); empty: the newest build not rolled back.
     """
     config = load_rag_config(flow_settings(config_files))
     prepare_golden(config)

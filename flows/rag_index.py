@@ -16,13 +16,23 @@ from tasks.rag import answer_question, rollback_index
 
 @flow(name="rag-rollback", log_prints=True)
 def rag_rollback_flow(config_files: list[str] | None = None, to: str | None = None) -> dict:
-    """Move the live alias back to the previous live index version (or to ``to``)."""
+    """Move the live alias back to the previous live index version (or to ``to``).
+
+    Args:
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
+        to: the index version to make live (docs-v0002); empty: the previous live version.
+    """
     return rollback_index(load_rag_config(flow_settings(config_files)), to)
 
 
 @flow(name="rag-ask", log_prints=True)
 def rag_ask_flow(question: str, config_files: list[str] | None = None) -> dict:
-    """Answer one question from the live index version."""
+    """Answer one question from the live index version.
+
+    Args:
+        question: what to ask, in plain words; the answer cites the passages it comes from.
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
+    """
     answer = answer_question(load_rag_config(flow_settings(config_files)), question)
     print(answer.render())
     return answer.to_dict()

@@ -14,6 +14,9 @@ def rag_pipeline_flow(config_files: list[str] | None = None) -> dict:
     """validate golden set → ingest (incremental) → evaluate new version vs live → move alias if it passes.
 
     An unchanged corpus builds nothing, embeds nothing and leaves the alias alone.
+
+    Args:
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
     """
     config = load_rag_config(flow_settings(config_files))
     prepare_golden(config)

@@ -41,7 +41,7 @@ def retrain_flow(recent_batches: list[str], reason: str = "", config_files: list
     Args:
         recent_batches: batch names (``batch_03``) or file paths of the recent, labelled data.
         reason: why retraining was triggered (logged on the MLflow run).
-        config_files: extra YAML overlays.
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
     """
     settings = flow_settings(config_files)
     files, contract = prepare_dataset(settings)

@@ -16,12 +16,20 @@ RUNNER_KEYS = ("task_runner", "dask_address", "dask_n_workers", "max_workers")
 def flow_settings(config_files: list[str] | None) -> Settings:
     """Settings for a flow run: the repo's configs, ``OPSFABRIC_CONFIG``, env, plus ``config_files``.
 
+    Project-relative paths resolve against ``orchestration.data_root`` when it is set (a deployment
+    run from a git clone), else against the code's folder.
+
     Raises:
         ConfigError: ``config_files`` asks for another task runner than the one this process runs
             flows with (it is chosen when the process starts, from ``OPSFABRIC_CONFIG`` and the
             environment), instead of silently running on the other one.
     """
     settings = load_settings(*(config_files or []))
+    data_root = settings.orchestration.data_root
+    if data_root is not None and Path(data_root).resolve() != settings.project_root.resolve():
+        # A deployment run works in a fresh git clone (code); data and a relative state_dir live in the
+        # checkout the control room registered from. Configuration files still come from the clone.
+        settings = load_settings(*(config_files or []), project_root=Path(data_root).resolve())
     if config_files:
         check_task_runner(settings.orchestration, load_settings().orchestration, config_files)
     return settings

@@ -18,7 +18,7 @@ def score_flow(batch: str, config_files: list[str] | None = None, output: str | 
 
     Args:
         batch: a configured batch name or a file path.
-        config_files: extra YAML overlays.
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
         output: where to write the scored file; default: the run's folder under the state dir.
     """
     settings = flow_settings(config_files)

@@ -26,7 +26,11 @@ def train_and_gate(settings: Settings, reference: Path, contract: DatasetContrac
 
 @flow(name="train", task_runner=configured_task_runner(), log_prints=True)
 def train_flow(config_files: list[str] | None = None) -> dict:
-    """validate reference → split → train → gate → register."""
+    """validate reference → split → train → gate → register.
+
+    Args:
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
+    """
     settings = flow_settings(config_files)
     files, contract = prepare_dataset(settings)
     validate_file(settings, files["reference"], contract, run_dir(settings, "validation"))

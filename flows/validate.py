@@ -27,7 +27,7 @@ def validate_flow(config_files: list[str] | None = None, batches: list[str] | No
     """Schema, missing/duplicate shares, row count and labels for every file; fails on a broken file.
 
     Args:
-        config_files: extra YAML overlays (profiles, dataset variants).
+        config_files: extra YAML overlays (profiles, dataset variants), e.g. configs/profiles/small.yaml.
         batches: file paths to validate; default: the reference and every configured batch.
     """
     settings = flow_settings(config_files)

@@ -56,6 +56,14 @@ class TrackingSettings(Section):
     experiment_prefix: str = "opsfabric"
 
 
+class ServersSettings(Section):
+    """How long a job tries a configured server (MLflow, Prefect API) before it stops with a named error."""
+
+    connect_attempts: int = Field(default=3, ge=1, description="Health checks before giving up (and MLflow's per-request retries).")
+    connect_backoff_seconds: float = Field(default=1.0, ge=0, description="Wait before the 2nd attempt; doubles each time.")
+    connect_timeout_seconds: float = Field(default=3.0, gt=0, description="Timeout of one health check.")
+
+
 class FileLockSettings(Section):
     """A kernel file lock under ``<state_dir>/locks``: every process of one machine (the embedded default)."""
 
@@ -77,6 +85,24 @@ class PrefectLockSettings(Section):
 LockSettings = Annotated[Union[FileLockSettings, PrefectLockSettings], Field(discriminator="kind")]
 
 
+class GitSourceSettings(Section):
+    """The git repository a worker clones for every flow run of a deployment."""
+
+    url: str | None = Field(
+        default=None,
+        description="Repository URL; None: this checkout's `git remote get-url origin`, else a file:// URL of the checkout.",
+    )
+    ref: str | None = Field(default=None, description="Branch to clone; None: the checkout's current branch.")
+
+
+class ControlRoomSettings(Section):
+    """`make serve` (python -m deployments.control_room): one Prefect server with its UI and one process worker."""
+
+    host: str = Field(default="127.0.0.1", description="Interface the server binds to (loopback: this machine only).")
+    port: int = Field(default=4200, ge=1, le=65535, description="API and UI port (also PREFECT_SERVER_API_PORT).")
+    work_pool: str = Field(default="opsfabric", description="Process work pool the deployments are registered with.")
+
+
 class OrchestrationSettings(Section):
     """How Prefect runs the flows.
 
@@ -94,7 +120,25 @@ class OrchestrationSettings(Section):
     lock: LockSettings = Field(default_factory=FileLockSettings, description="Guards every alias move and registry write.")
     retrain_deployment: str | None = Field(
         default=None,
-        description="Run retraining as this deployment ('flow-name/deployment-name') instead of inside the monitor's flow run.",
+        description="The deployment ('flow-name/deployment-name') that retrain_via=deployment runs; None: 'retrain/retrain-on-drift'.",
+    )
+    retrain_via: Literal["inline", "event", "deployment"] = Field(
+        default="inline",
+        description="How the monitor retrains on drift: 'inline' (a task group in its own flow run: make run, dvc repro), "
+        "'event' (it emits opsfabric.drift.detected and the retrain deployment's automation starts the run: the control "
+        "room), 'deployment' (it starts retrain_deployment itself, fire-and-forget).",
+    )
+    data_root: Path | None = Field(
+        default=None,
+        description="Folder the project-relative paths (dataset, corpus, golden sets, a relative state_dir) resolve "
+        "against in a flow run; None: the folder the code runs from. The control room sets it to its checkout, because a "
+        "worker runs each deployment from a fresh git clone that holds code, not data.",
+    )
+    source: GitSourceSettings = Field(
+        default_factory=GitSourceSettings, description="Where workers fetch the deployments' code from."
+    )
+    control_room: ControlRoomSettings = Field(
+        default_factory=ControlRoomSettings, description="`make serve`: the local server, UI and worker."
     )
 
 
@@ -124,6 +168,11 @@ class DatasetSettings(Section):
     )
     ranges: dict[str, tuple[float | None, float | None]] = Field(
         default_factory=dict, description="Allowed [min, max] per numeric column (None = open)."
+    )
+    batch_pattern: str | None = Field(
+        default=None,
+        description="Glob, relative to data_dir, of the production batch files the monitor's watermark picks up (new files "
+        "dropped there are found); None: 'batch_*' with the suffix of the configured files (batch_*.parquet, batch_*.csv).",
     )
     generator: Literal["churn", "sklearn_breast_cancer", "none"] = Field(
         default="churn", description="Which generator writes the files, if any ('none': files already exist)."
@@ -220,6 +269,7 @@ class Settings(BaseSettings):
     project_root: Path = PROJECT_ROOT
     state_dir: Path = Field(default=Path(".opsfabric"), description="Local state: MLflow, Prefect, Qdrant, caches.")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    servers: ServersSettings = Field(default_factory=ServersSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     ml: MLParams = Field(default_factory=MLParams)

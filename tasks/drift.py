@@ -52,3 +52,31 @@ def score_batch(champion: Champion, contract: DatasetContract, batch_path: Path,
     path = scoring.score_batch_file(champion.model, contract.spec, Path(batch_path), out_path, threshold=champion.decision_threshold)
     get_run_logger().info("scored %s with champion v%s -> %s", batch_path, champion.version, path)
     return path
+
+
+@task(name="announce-drift", cache_policy=NO_CACHE)
+def announce_drift(settings: Settings, outcome: MonitorOutcome, batch_path: Path, retrain_via: str, config_files: list[str] | None) -> str | None:
+    """Emit ``opsfabric.drift.detected`` (dataset as resource, MLflow run and data hash related, verdict as payload).
+
+    Under ``retrain_via: event`` the retrain deployment's automation reacts to it; otherwise it only
+    records the verdict in the UI's event feed.
+    """
+    from opsfabric import events
+    from opsfabric.ml.dataset import file_md5
+
+    event = events.drift_detected_event(
+        dataset=settings.dataset.name,
+        batch=outcome.batch,
+        batch_path=str(Path(batch_path).resolve()),
+        batch_md5=file_md5(batch_path),
+        drift_share=outcome.report.drift_share,
+        drifted_features=list(outcome.report.drifted_features),
+        reasons=list(outcome.decision.reasons),
+        champion_version=outcome.champion_version,
+        mlflow_run_id=outcome.mlflow_run_id,
+        retrain_via=retrain_via,
+        config_files=config_files,
+    )
+    event_id = events.emit(event)
+    get_run_logger().info("emitted %s for %s (retrain via %s): event %s", events.DRIFT_DETECTED, outcome.batch, retrain_via, event_id)
+    return event_id
