@@ -75,7 +75,38 @@ def run_command(main: Callable[[list[str]], object], argv: Sequence[str] | None 
             raise
         print(format_error(exc), file=sys.stderr)
         return EXIT_NAMED_ERROR
+    except Exception as exc:
+        named = None if traceback else unreachable_prefect_api(exc)
+        if named is None:
+            raise
+        print(format_error(named), file=sys.stderr)
+        return EXIT_NAMED_ERROR
     return int(status or 0)
+
+
+def unreachable_prefect_api(exc: BaseException) -> OpsFabricError | None:
+    """A named error when ``exc`` came from a configured Prefect API that does not answer, else None.
+
+    Prefect's client fails with ``RuntimeError: Failed to reach API at ...`` or an httpx connection
+    error before a flow run exists, so nothing was written; the health check (with the configured
+    retry policy) confirms the server is down rather than guessing from the message.
+    """
+    import httpx
+
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if not any(isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)) or "Failed to reach API" in str(e) for e in chain):
+        return None
+    from opsfabric.preflight import ServerUnreachableError, check_prefect
+    from opsfabric.settings import load_settings
+
+    try:
+        check_prefect(load_settings())
+    except ServerUnreachableError as named:
+        return named
+    return None
 
 
 def format_error(exc: OpsFabricError) -> str:

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ class Lineage:
         tags = {"opsfabric.git_commit": self.git_commit}
         if self.flow_run_id:
             tags["prefect.flow_run_id"] = self.flow_run_id
-        if self.flow_run_url:
+        # Prefect builds the URL from PREFECT_UI_URL, which is unset under the ephemeral API: "None/flow-runs/...".
+        if self.flow_run_url and not self.flow_run_url.startswith("None/"):
             tags["prefect.flow_run_url"] = self.flow_run_url
         if self.config_hash:
             tags["opsfabric.config_hash"] = self.config_hash
@@ -99,7 +101,15 @@ def ensure_store(settings: Settings) -> None:
     fails (``duplicate column name``). A server store is the server's business.
     """
     uri = settings.tracking_uri
-    if uri in _READY_STORES or not uri.startswith("sqlite:"):
+    if uri in _READY_STORES:
+        return
+    if uri.startswith(("http://", "https://")):
+        from opsfabric.preflight import check_mlflow
+
+        check_mlflow(settings)  # a named error with the URL and the retry policy, before anything is written
+        _READY_STORES.add(uri)
+        return
+    if not uri.startswith("sqlite:"):
         return
     from mlflow import MlflowClient
 
@@ -140,8 +150,36 @@ def start_run(settings: Settings, experiment: str, run_name: str, lineage: Linea
     client = mlflow_client(settings)
     exp_id = experiment_id(settings, experiment)
     reconcile_abandoned_runs(settings, exp_id)
-    run = client.create_run(exp_id, run_name=run_name, tags={**lineage.as_tags(), **_owner_tags(), **(tags or {})})
+    run_tags = {**prefect_run_tags(), **lineage.as_tags(), **_owner_tags(), **(tags or {})}
+    run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
     return run.info.run_id
+
+
+def prefect_run_tags() -> dict[str, str]:
+    """The calling Prefect flow run (id, name, flow, deployment) as MLflow tags; empty outside a flow run.
+
+    Lineage must outlive Prefect's event retention (7 days), so the ids travel with the run. Read
+    from the run context only: no API call, and no Prefect import in a process that never loaded it
+    (a DVC stage). The deployment id is the deployed root flow run's, inherited by its subflows.
+    """
+    if "prefect" not in sys.modules:
+        return {}
+    from prefect import context as prefect_context
+
+    context = prefect_context.FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return {}
+    run = context.flow_run
+    tags = {"prefect.flow_run_id": str(run.id), "prefect.flow_run_name": run.name}
+    if context.flow is not None:
+        tags["prefect.flow_name"] = context.flow.name
+    # A subflow has no deployment of its own; the deployed root run's id is in this context variable
+    # (what prefect.runtime.deployment reads first; private, hence the getattr).
+    inherited = getattr(prefect_context, "_deployment_id", None)
+    deployment_id = run.deployment_id or (inherited.get() if inherited is not None else None)
+    if deployment_id:
+        tags["prefect.deployment_id"] = str(deployment_id)
+    return tags
 
 
 @dataclass(frozen=True)

@@ -85,11 +85,13 @@ def wait_for_approval(pending: Any, thread_id: str, timeout_seconds: int, *, att
     the tool's schema refuses) pauses again with ``previous_error`` shown in the form's description.
     Prefect refuses to pause twice with one key, so each attempt has its own.
     """
+    import json
+
     from prefect.flow_runs import pause_flow_run
 
     from opsfabric.agents.trace import redact, redact_text
 
-    description = (f"**{pending.tool}** `{redact(pending.args)}` is waiting for approval (agent thread `{thread_id}`, "
+    description = (f"**{pending.tool}** `{json.dumps(redact(pending.args), sort_keys=True)}` is waiting for approval (agent thread `{thread_id}`, "
                    f"action `{pending.interrupt_id}`).\n\n"
                    "decision: approve, deny (give a reason) or edit (edited_args_json, a JSON object).")
     if previous_error:

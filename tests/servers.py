@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,3 +139,55 @@ def start_worker(pool: str, api_url: str, home: Path, cwd: Path, extra_env: dict
         cwd=cwd,
     )
     return Server(f"worker {pool}", process, home / f"worker-{pool}.log", url=api_url)
+
+
+def snapshot_repo(destination: Path, source: Path | None = None, branch: str = "main") -> str:
+    """A new git repository holding the working tree of ``source`` as git sees it (tracked and untracked-not-ignored
+    files, edits included), committed on ``branch``; returns its ``file://`` URL.
+
+    Deployments are registered from a git source and a worker runs committed code: the tests deploy
+    what is on disk, not the checkout's last commit (on CI the two are the same).
+    """
+    import shutil
+
+    from opsfabric.settings import PROJECT_ROOT
+
+    source = source or PROJECT_ROOT
+    listed = subprocess.run(["git", "-C", str(source), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = source / name
+        if src.is_file():  # deleted-but-tracked files are skipped
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, destination / name)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "tests", "GIT_AUTHOR_EMAIL": "tests@localhost",
+           "GIT_COMMITTER_NAME": "tests", "GIT_COMMITTER_EMAIL": "tests@localhost"}
+    for argv in (["init", "-q", "-b", branch], ["add", "-A"], ["commit", "-q", "-m", "snapshot of the working tree"]):
+        subprocess.run(["git", "-C", str(destination), *argv], check=True, env=env, capture_output=True)
+    return destination.resolve().as_uri()
+
+
+@contextmanager
+def prefect_client_at(api_url: str):
+    """Point this process's Prefect client at ``api_url``; on exit, flush what its background workers still
+    hold (logs, events) while that server is up.
+
+    Prefect keeps one log worker and one events worker per API URL for the life of the process. One
+    left holding events for a server that was stopped later makes the next ``drain_all`` (e.g. the
+    teardown of ``prefect_test_harness`` at the end of the session) wait for a server that is gone.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        try:
+            yield
+        finally:
+            drain_prefect_workers()
+
+
+def drain_prefect_workers(timeout: float = 20.0) -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=timeout)

@@ -21,5 +21,5 @@ def test_every_flow_module_imports_and_defines_a_flow():
         found.update({name: obj for name, obj in vars(module).items() if isinstance(obj, Flow)})
     for expected in ("validate_flow", "train_flow", "monitor_flow", "retrain_flow", "score_flow", "ml_pipeline_flow", "platform_flow",
                      "rag_pipeline_flow", "ingest_flow", "rag_eval_flow", "rag_rollback_flow", "rag_ask_flow",
-                     "agent_ask_flow", "agent_regression_flow"):
+                     "agent_ask_flow", "agent_regression_flow", "lineage_flow", "ops_report_flow"):
         assert expected in found

@@ -23,7 +23,7 @@ def config_hash(settings: Settings) -> str:
 def lineage_for(settings: Settings, *, data_files: list[Path], flow_run_id: str | None = None, flow_run_url: str | None = None) -> Lineage:
     """Lineage tags: git commit, DVC (md5) hashes of the input files, config hash, Prefect flow run."""
     return Lineage(
-        git_commit=tracking.git_commit(settings.project_root),
+        git_commit=tracking.git_commit(),
         flow_run_id=flow_run_id,
         flow_run_url=flow_run_url,
         data_md5={Path(p).stem: file_md5(p) for p in data_files},

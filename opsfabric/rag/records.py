@@ -31,7 +31,7 @@ PER_QUESTION_TABLE = "eval/per_question.json"  # an MLflow table: the UI's artif
 def rag_lineage(config: RagConfig, corpus_hash: str | None = None, *, flow_run_id: str | None = None, flow_run_url: str | None = None) -> Lineage:
     """Where a RAG run came from: commit, corpus hash, index config hash, flow run."""
     return Lineage(
-        git_commit=tracking.git_commit(config.settings.project_root),
+        git_commit=tracking.git_commit(),
         flow_run_id=flow_run_id,
         flow_run_url=flow_run_url,
         data_md5={"rag_corpus": corpus_hash} if corpus_hash else {},

@@ -117,6 +117,11 @@ class IndexVersion:
     rolled_back_by: str | None = None  # host, pid and command of the rollback
 
 
+def backup_path(path: Path) -> Path:
+    """Where the registry kept before the last save lives."""
+    return path.with_name(path.name + ".bak")
+
+
 @dataclass
 class VersionRegistry:
     """All builds and the history of live versions, persisted as JSON under the state folder.
@@ -145,17 +150,34 @@ class VersionRegistry:
             data = json.loads(path.read_text())
             return cls(path, [IndexVersion(**v) for v in data["versions"]], data.get("live_history", []), data.get("pending_move"))
         except (ValueError, KeyError, TypeError) as exc:
+            backup = backup_path(path)
+            restore = (f"restore the copy kept before the last save: cp {backup} {path}" if backup.exists()
+                       else "restore it from a backup")
             raise IndexVersionError(
                 f"{path}: unreadable index version registry ({exc.__class__.__name__}: {exc})",
-                hint="restore it from a backup, or move it away to start a new lineage",
+                hint=f"{restore}; or move it away to start a new lineage (docs/repair.md). Nothing was changed.",
             ) from exc
 
     def _save(self) -> None:
-        """Atomic write (temp file + rename): a crash leaves the old or the new registry, never half."""
+        """Atomic write (temp file + rename): a crash leaves the old or the new registry, never half.
+
+        The registry it replaces is kept as ``<name>.bak`` (also written atomically), the repair for a
+        registry damaged afterwards (a disk fault, a hand edit).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         data = {"versions": [asdict(v) for v in self.versions], "live_history": self.live_history, "pending_move": self.pending_move}
         tmp.write_text(json.dumps(data, indent=2))
+        if self.path.exists():
+            old = self.path.read_bytes()
+            try:
+                json.loads(old)
+            except ValueError:
+                old = b""  # never replace a good backup with a damaged registry
+            if old:
+                bak_tmp = self.path.with_suffix(f".{os.getpid()}.bak.tmp")
+                bak_tmp.write_bytes(old)
+                os.replace(bak_tmp, backup_path(self.path))
         os.replace(tmp, self.path)
 
     def get(self, collection: str) -> IndexVersion:
