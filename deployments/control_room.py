@@ -43,7 +43,7 @@ from opsfabric.runtime_env import configure_runtime_env
 configure_runtime_env()
 
 from opsfabric.errors import OpsFabricError  # noqa: E402
-from opsfabric.locking import process_alive, process_start_ticks  # noqa: E402
+from opsfabric.locking import descendant_groups, process_alive, process_start_ticks  # noqa: E402
 from opsfabric.settings import Settings, load_settings  # noqa: E402
 
 log = logging.getLogger("opsfabric.control_room")
@@ -75,7 +75,16 @@ class Child:
             return "(no log)"
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        stop_group(self.process.pid, self.process, timeout)
+        """Stop its process group, then the groups its descendants made (a worker's flow runs run in sessions
+        of their own: stopping the worker's group alone would leave them running)."""
+        runs = descendant_groups(self.process.pid)
+        stop_group(self.process.pid, self.process, timeout)  # the worker cancels its runs first, if it can
+        for pgid in runs:
+            stop_group(pgid, None, timeout)
+
+    def record(self) -> list[int]:
+        """[process group, start ticks of its leader]: enough for `make stop` to tell it from a reused id."""
+        return [self.process.pid, process_start_ticks(self.process.pid)]
 
 
 def stop_group(pgid: int, process: subprocess.Popen | None = None, timeout: float = STOP_TIMEOUT) -> None:
@@ -147,6 +156,17 @@ def wait_healthy(api_url: str, server: Child, timeout: float) -> None:
         time.sleep(0.5)
     raise ControlRoomError(f"the Prefect server did not answer {api_url}/health within {timeout:.0f} s ({last})",
                            hint=f"see {server.log_path}")
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (a flow run whose worker died) are re-parented to this process, not to init,
+    so stopping the control room still finds them (Linux prctl PR_SET_CHILD_SUBREAPER; a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("no PR_SET_CHILD_SUBREAPER here: orphaned flow runs are not collected")
 
 
 # ---- the pid file ------------------------------------------------------------------------------
@@ -245,13 +265,14 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
         stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    become_subreaper()
     try:
         server, api_url = start_server(settings, host, port, logs)
         children.append(server)
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({
             "pid": os.getpid(), "started": process_start_ticks(os.getpid()), "host": host, "port": port,
-            "ui": f"http://{host}:{port}", "groups": {"server": server.process.pid},
+            "ui": f"http://{host}:{port}", "groups": {"server": server.record()},
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }))
         log.info("Prefect server starting (PREFECT_HOME=%s, log %s)", os.environ["PREFECT_HOME"], server.log_path)
@@ -265,7 +286,7 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
         worker = start_worker(settings, pool, api_url, logs)
         children.append(worker)
         info = read_pid_file(state) or {}
-        info["groups"] = {"server": server.process.pid, "worker": worker.process.pid}
+        info["groups"] = {"server": server.record(), "worker": worker.record()}
         state.write_text(json.dumps(info))
         print(f"control room ready: UI http://{host}:{port}, worker log {worker.log_path}; Ctrl-C or make stop to end", flush=True)
         if ready is not None:
@@ -280,6 +301,8 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
     finally:
         for child in reversed(children):  # worker first: it needs the server to report its runs
             child.stop()
+        for pgid in descendant_groups(os.getpid()):  # orphans re-parented to us (subreaper): a run whose worker died
+            stop_group(pgid)
         if (read_pid_file(state) or {}).get("pid") == os.getpid():
             state.unlink(missing_ok=True)
         for sig, handler in previous.items():
@@ -301,8 +324,9 @@ def stop_control_room(settings: Settings, timeout: float = 60.0) -> str:
             time.sleep(0.2)
         if process_alive(socket.gethostname(), pid, info.get("started")):
             os.kill(pid, signal.SIGKILL)
-    for pgid in (info.get("groups") or {}).values():  # whatever the control room could not stop itself
-        stop_group(int(pgid))
+    for pgid, started in (info.get("groups") or {}).values():  # whatever the control room could not stop itself
+        if process_alive(socket.gethostname(), pgid, started):  # the same leader, not a reused id
+            stop_group(int(pgid))
     state.unlink(missing_ok=True)
     return f"control room (pid {pid}, {info.get('ui')}) stopped"
 

@@ -84,20 +84,27 @@ def deploy_all(
     Args:
         pool: a process work pool (it must exist).
         source: where workers clone the code; default :func:`deployments.source.resolve_git_source`.
-        env: job environment of every run; default :func:`runtime_env` of ``settings`` (state folder and
-            data root of this checkout; retraining as the worker's configuration says).
+        env: job environment baked into every deployment; default none, so each worker's own environment
+            (OPSFABRIC_STATE_DIR, OPSFABRIC_CONFIG, ...) decides: job variables override a worker's
+            environment. The control room, whose worker shares this machine, passes :func:`runtime_env`.
         settings: default :func:`opsfabric.settings.load_settings`.
         specs: default every entry of ``deployments.definitions.DEPLOYMENTS``.
     """
     settings = settings or load_settings()
     source = source or resolve_git_source(settings, PROJECT_ROOT)
     log.info("deployments clone %s (branch %s): %s", source.url, source.ref, source.chosen_because)
-    env = runtime_env(settings) if env is None else env
+    env = {} if env is None else env
     return [deploy_one(spec, source, pool, env) for spec in (specs or DEPLOYMENTS)]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default=None, help="work pool (default: orchestration.control_room.work_pool)")
+    parser.add_argument("--bake-env", action="store_true",
+                        help="bake this checkout's state folder and data root into the deployments (one machine only); "
+                        "default: each worker's environment decides")
+    options = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(deploy_all(parser.parse_args().pool or load_settings().orchestration.control_room.work_pool))
+    settings = load_settings()
+    print(deploy_all(options.pool or settings.orchestration.control_room.work_pool, settings=settings,
+                     env=runtime_env(settings) if options.bake_env else None))

@@ -3,7 +3,7 @@
     make ui                                     # terminal 1: Prefect server + UI on :4200
     PREFECT_API_URL=http://127.0.0.1:4200/api make deploy   # terminal 2
 
-Runs execute in this process, from this checkout (no work pool, no git clone). ``make serve``
+Runs start from this process as subprocesses (python -m prefect.engine), from this checkout (no work pool, no git clone). ``make serve``
 (``deployments.control_room``) is the all-in-one alternative: server, UI, work pool and worker.
 """
 

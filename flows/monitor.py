@@ -34,8 +34,13 @@ def monitor_and_react(
     config_files: list[str] | None,
     retrain_on_drift: bool = True,
     retrain_via: RetrainVia | None = None,
+    record: bool = True,
 ) -> dict:
-    """validate batch → score with champion → Evidently drift + performance → verdict → drift event → retrain if needed."""
+    """validate batch → score with champion → Evidently drift + performance → verdict → drift event → retrain if needed.
+
+    ``record``: mark the batch in the watermark (when it is one of its files), so the daily run of new
+    batches does not monitor it again; the watermark's own claims mark theirs themselves.
+    """
     out_dir = run_dir(settings, "monitor")
     validate_file(settings, path, contract, out_dir / "validation", require_label=False)
     champion = retrying(load_champion, settings)(settings)
@@ -55,6 +60,8 @@ def monitor_and_react(
         result["drift_event_id"] = announce_drift(settings, outcome, path, via, config_files)
         if retrain_on_drift:
             result["retrain_result"] = trigger_retrain(settings, path, contract, "; ".join(outcome.decision.reasons), config_files, via)
+    if record:
+        watermark.record_monitored(settings, path, {k: result.get(k) for k in ("drift_share", "retrain", "mlflow_run_id", "drift_event_id")})
     return result
 
 
@@ -69,7 +76,7 @@ def monitor_new_batches(
         )
         monitored = []
         for batch in claim.batches:
-            result = monitor_and_react(settings, batch.path, contract, config_files, retrain_on_drift, retrain_via)
+            result = monitor_and_react(settings, batch.path, contract, config_files, retrain_on_drift, retrain_via, record=False)
             claim.mark_monitored(batch, {k: result.get(k) for k in ("drift_share", "retrain", "mlflow_run_id", "drift_event_id")})
             monitored.append(result)
     return {"folder": str(folder.data_dir), "pattern": folder.pattern, "watermark": str(folder.watermark), "monitored": monitored}

@@ -32,6 +32,9 @@ def flow_settings(config_files: list[str] | None) -> Settings:
         settings = load_settings(*(config_files or []), project_root=Path(data_root).resolve())
     if config_files:
         check_task_runner(settings.orchestration, load_settings().orchestration, config_files)
+    from opsfabric.preflight import check_mlflow
+
+    check_mlflow(settings)  # an unreachable MLflow server stops the run here, before it writes anything
     return settings
 
 

@@ -88,7 +88,7 @@ def unreachable_prefect_api(exc: BaseException) -> OpsFabricError | None:
     """A named error when ``exc`` came from a configured Prefect API that does not answer, else None.
 
     Prefect's client fails with ``RuntimeError: Failed to reach API at ...`` or an httpx connection
-    error before a flow run exists, so nothing was written; the health check (with the configured
+    error (before a flow run exists when the server is down from the start); the health check (with the configured
     retry policy) confirms the server is down rather than guessing from the message.
     """
     import httpx

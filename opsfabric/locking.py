@@ -150,6 +150,33 @@ def process_alive(host: str | None, pid: int | str | None, started: int | None) 
     return now == started
 
 
+def descendant_groups(pid: int) -> list[int]:
+    """Process groups of ``pid``'s live descendants other than its own group, parents first (Linux /proc).
+
+    A Prefect worker starts each flow run in a session of its own: stopping the worker's process
+    group leaves its flow runs running. Their groups are found here, from the parent links.
+    """
+    parents: dict[int, tuple[int, int]] = {}  # pid -> (parent pid, process group)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parents[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
+        except (OSError, IndexError, ValueError):
+            continue
+    own = parents.get(pid, (0, pid))[1]
+    found, frontier, groups = {pid}, [pid], []
+    while frontier:
+        children = [p for p, (ppid, _) in parents.items() if ppid in frontier and p not in found]
+        found.update(children)
+        frontier = children
+        for child in children:
+            group = parents[child][1]
+            if group != own and group not in groups:
+                groups.append(group)
+    return groups
+
+
 def _owner(purpose: str) -> dict:
     return {
         "pid": os.getpid(),

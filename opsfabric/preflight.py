@@ -2,7 +2,9 @@
 
 A flow pointed at an MLflow or Prefect server that is down would otherwise hang in the clients'
 own retry loops (MLflow: 7 retries with back-off, minutes) and end in a connection traceback,
-possibly after local work was done. These checks run first, with the retry policy of the
+possibly after local work was done. ``check_mlflow`` runs when a flow starts (``flows.runners.
+flow_settings``, before the flow writes anything) and where the store is first opened;
+``check_prefect`` when a command line fails to reach the Prefect API. Both use the retry policy of the
 configuration (``servers.connect_attempts``, ``servers.connect_backoff_seconds``), and raise
 :class:`ServerUnreachableError` naming the URL (password masked), the attempts made and the
 setting to change.
@@ -62,7 +64,7 @@ def check_http(name: str, base_url: str, health_path: str, *, attempts: int, bac
     raise ServerUnreachableError(
         f"{name} at {redact_uri(base_url)} is unreachable: {last} "
         f"({attempts} attempts, back-off {backoff_seconds:g} s doubling, {timeout_seconds:g} s timeout each; "
-        "servers.connect_attempts / servers.connect_backoff_seconds); nothing was written",
+        "servers.connect_attempts / servers.connect_backoff_seconds)",
         hint=f"start the server, or point {setting} at one that runs",
     )
 

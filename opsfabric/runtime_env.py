@@ -8,6 +8,7 @@ Only sets variables that are not already set, so a user's environment always win
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 OFFLINE_AND_QUIET = {
@@ -55,9 +56,33 @@ def configure_runtime_env(state_dir: Path | None = None) -> dict[str, str]:
     prefect_home = Path(os.environ.get("PREFECT_HOME", Path(state_dir).resolve() / "prefect"))
     prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
     wanted["PREFECT_HOME"] = str(prefect_home)
+    if "PREFECT_API_URL" not in os.environ and (api := running_control_room_api(Path(state_dir))):
+        # `make serve` runs on this state folder: report to its server rather than start a temporary
+        # one on the same SQLite database (two servers on one database step on each other)
+        wanted["PREFECT_API_URL"] = api
+        print(f"opsfabric: the control room (make serve) is running: this process reports to its Prefect API {api}",
+              file=sys.stderr)
     applied = {}
     for key, value in wanted.items():
         if key not in os.environ:
             os.environ[key] = value
             applied[key] = value
     return applied
+
+
+def running_control_room_api(state_dir: Path) -> str | None:
+    """The API URL of the control room running on ``state_dir`` (its pid file names a live process), or None."""
+    import json
+    import socket
+
+    from opsfabric.locking import process_alive
+
+    try:
+        info = json.loads((state_dir / "control_room.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not process_alive(socket.gethostname(), info.get("pid"), info.get("started")):
+        return None
+    if info.get("pid") == os.getpid() or "worker" not in (info.get("groups") or {}):
+        return None  # the control room itself, or one still starting
+    return f"http://{info.get('host', '127.0.0.1')}:{info.get('port')}/api"

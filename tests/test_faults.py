@@ -47,9 +47,10 @@ def test_mlflow_server_unreachable_is_named_and_nothing_is_registered(tmp_path):
     assert "Traceback" not in done.stderr
     state = tmp_path / "state"
     assert not (state / "mlflow").exists()  # no local store was used instead, no model was logged anywhere
+    assert not (state / "runs").exists()  # stopped when the flow started: no validation or training output either
 
 
-@pytest.mark.unit
+@pytest.mark.flows
 def test_prefect_api_unreachable_is_named(tmp_path):
     port = _closed_port()
     done = _run(["flows.validate"], tmp_path, PREFECT_API_URL=f"http://127.0.0.1:{port}/api")

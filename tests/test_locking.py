@@ -150,3 +150,52 @@ def test_prefect_global_concurrency_limit_serialises_real_processes(tmp_path, pr
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name("opsfabric-registry-x")
     assert limit.limit == 1 and limit.active_slots == 0
+
+
+@pytest.mark.unit
+def test_descendant_groups_finds_a_grandchild_in_a_session_of_its_own(tmp_path):
+    """What a Prefect worker does with a flow run: it starts it in a new session; stopping the worker's group misses it."""
+    from opsfabric.locking import descendant_groups
+
+    marker = tmp_path / "grandchild.pid"
+    code = ("import subprocess, time, pathlib; p = subprocess.Popen(['sleep', '60'], start_new_session=True); "
+            f"pathlib.Path({str(marker)!r}).write_text(str(p.pid)); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        grandchild = int(marker.read_text())
+        assert descendant_groups(parent.pid) == [grandchild]  # its own group (== its pid), not the parent's
+        assert descendant_groups(grandchild) == []
+    finally:
+        for group in (parent.pid, int(marker.read_text()) if marker.exists() else None):
+            if group:
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        parent.wait()
+
+
+@pytest.mark.unit
+def test_a_running_control_room_is_found_from_its_pid_file(tmp_path):
+    """`make run` while `make serve` runs reports to the control room's server instead of starting a second one."""
+    import json
+
+    from opsfabric.locking import process_start_ticks
+    from opsfabric.runtime_env import running_control_room_api
+
+    room = subprocess.Popen(["sleep", "30"])
+    try:
+        info = {"pid": room.pid, "started": process_start_ticks(room.pid), "host": "127.0.0.1", "port": 4311,
+                "groups": {"server": [1, 1], "worker": [2, 2]}}
+        (tmp_path / "control_room.json").write_text(json.dumps(info))
+        assert running_control_room_api(tmp_path) == "http://127.0.0.1:4311/api"
+        (tmp_path / "control_room.json").write_text(json.dumps({**info, "started": info["started"] + 1}))  # a reused pid
+        assert running_control_room_api(tmp_path) is None
+    finally:
+        room.kill()
+        room.wait()
+    (tmp_path / "control_room.json").write_text(json.dumps(info))
+    assert running_control_room_api(tmp_path) is None  # its process is gone

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -80,7 +81,11 @@ def test_canary_secret_appears_in_no_store(prefect_api, tmp_path, monkeypatch):
 
     flow_run_id = state_run.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        deadline = time.monotonic() + 60
+        logs: list = []
+        while not logs and time.monotonic() < deadline:  # logs reach the API in the background, after the run ended
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            time.sleep(0.5)
         artifacts = [a for a in client.read_artifacts() if a.flow_run_id == flow_run_id]
         flow_run = client.read_flow_run(flow_run_id)
     assert logs and artifacts

@@ -220,6 +220,28 @@ def batch_folder(settings) -> BatchFolder:
     )
 
 
+def record_monitored(settings, path: Path, result: dict[str, Any] | None = None, folder: BatchFolder | None = None) -> bool:
+    """Mark ``path`` monitored when it is one of the watermark's batch files (True), e.g. after ``make run``, the
+    weekly pipeline or a monitor run on a named batch: the daily run then does not monitor it again.
+
+    A file outside the folder or pattern is left alone (False).
+    """
+    folder = folder or batch_folder(settings)
+    resolved = Path(path).resolve()
+    match = next((b for b in find_batch_files(folder.data_dir, folder.pattern, folder.exclude) if b.path.resolve() == resolved), None)
+    if match is None:
+        return False
+    with exclusive(settings, folder.lock_resource, purpose=f"mark {match.name} monitored"):
+        watermark = read_watermark(folder.watermark, folder.dataset)
+        watermark.monitored[match.name] = {
+            "md5": match.md5,
+            "monitored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "result": result or {},
+        }
+        write_watermark(folder.watermark, watermark)
+    return True
+
+
 class Claim:
     """The batches one monitor run took; :meth:`mark_monitored` records each finished one."""
 

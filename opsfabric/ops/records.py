@@ -249,12 +249,16 @@ def _parsed(text: str, where: str) -> DvcLock:
 
 def read_index_registry(path: Path, alias: str) -> IndexRegistryRecord:
     """The index registry JSON as records (an empty registry when the file does not exist yet)."""
+    from dataclasses import asdict
+
+    from opsfabric.rag.versions import VersionRegistry
+
     if not path.exists():
         return IndexRegistryRecord(alias)
-    data = json.loads(path.read_text())
+    registry = VersionRegistry.read(path)  # a damaged file: the registry's named error and its repair hint
     known = set(IndexRecord.__dataclass_fields__)
-    versions = tuple(IndexRecord(**{k: v for k, v in entry.items() if k in known}) for entry in data.get("versions", []))
-    return IndexRegistryRecord(alias, versions, tuple(data.get("live_history", [])), data.get("pending_move"))
+    versions = tuple(IndexRecord(**{k: v for k, v in asdict(entry).items() if k in known}) for entry in registry.versions)
+    return IndexRegistryRecord(alias, versions, tuple(registry.live_history), registry.pending_move)
 
 
 # ---- links ---------------------------------------------------------------------------------------

@@ -130,3 +130,13 @@ def test_default_pattern_follows_the_configured_files(make_settings):
     folder = wm.batch_folder(make_settings())
     assert folder.pattern == "batch_*.parquet" and folder.data_dir.name == "churn"
     assert folder.watermark.name == "churn.json" and folder.watermark.parent.name == "watermarks"
+
+
+def test_a_batch_monitored_by_name_is_not_monitored_again_by_the_daily_run(settings, folder, tmp_path):
+    # make run, the weekly pipeline, or `monitor batch_01` monitored it: the watermark records it
+    assert wm.record_monitored(settings, folder.data_dir / "batch_01.parquet", {"drift_share": 0.1}, folder) is True
+    assert wm.record_monitored(settings, folder.data_dir / "reference.parquet", folder=folder) is False  # excluded
+    outside = tmp_path / "elsewhere.parquet"
+    outside.write_bytes(b"x")
+    assert wm.record_monitored(settings, outside, folder=folder) is False
+    assert claimed_names(settings, folder) == ["batch_02.parquet"]

@@ -80,5 +80,5 @@ def test_control_room_registers_every_deployment_and_sigint_leaves_no_process(tm
             room.kill()
             raise
     assert status == 0, log.read_text()[-3000:]
-    assert not [name for name, pgid in info["groups"].items() if group_alive(pgid)]
+    assert not [name for name, (pgid, _started) in info["groups"].items() if group_alive(pgid)]
     assert not (state / "control_room.json").exists()

@@ -87,12 +87,11 @@ def runs(stack, tmp_path_factory):
     with prefect_api(stack):
         with get_client(sync_client=True) as client:
             client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
-        # env={}: the deployments carry no environment of this test process (deploy_all's default
-        # would pass this checkout's state folder and data root); the worker's environment alone
-        # switches the runs to the scaled stack.
+        # what `python -m deployments.deploy` does: the deployments carry no environment, so the
+        # worker's environment alone switches the runs to the scaled stack
         source = GitSource(url=snapshot_repo(tmp_path_factory.mktemp("source") / "opsfabric"), ref="main",
                            chosen_because="tests: a snapshot of the working tree")
-        deploy_all(POOL, env={}, source=source)
+        deploy_all(POOL, source=source)
         env = worker_environment(stack, home)
         worker = start_worker(POOL, stack.prefect.url, home / "prefect-home", PROJECT_ROOT, env)
         stack.extra.append(worker)
