@@ -140,10 +140,10 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def wait_healthy(api_url: str, server: Child, timeout: float) -> None:
+def wait_healthy(api_url: str, server: Child, timeout: float, stopping: threading.Event | None = None) -> None:
     deadline = time.monotonic() + timeout
     last = ""
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stopping is not None and stopping.is_set()):
         if not server.alive():
             raise ControlRoomError(f"the Prefect server exited with status {server.process.returncode}:\n{server.tail()}",
                                    hint=f"full log: {server.log_path}")
@@ -154,6 +154,8 @@ def wait_healthy(api_url: str, server: Child, timeout: float) -> None:
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(0.5)
+    if stopping is not None and stopping.is_set():
+        return
     raise ControlRoomError(f"the Prefect server did not answer {api_url}/health within {timeout:.0f} s ({last})",
                            hint=f"see {server.log_path}")
 
@@ -179,6 +181,21 @@ def read_pid_file(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def hold_exclusive(path: Path):
+    """An open file holding an exclusive flock on ``path`` (kept by the caller), or None if another process holds it.
+
+    The kernel drops the lock when the holder exits, killed or not."""
+    import fcntl
+
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def running_control_room(path: Path) -> dict | None:
@@ -251,8 +268,12 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
     room = settings.orchestration.control_room
     host, port, pool = room.host, port or room.port, room.work_pool
     state = pid_file(settings)
-    if (other := running_control_room(state)) is not None:
-        raise ControlRoomError(f"a control room already runs (pid {other['pid']}, {other.get('ui')})", hint="make stop")
+    state.parent.mkdir(parents=True, exist_ok=True)
+    guard = hold_exclusive(state.with_suffix(".lock"))  # held for our lifetime: two `make serve` cannot both start
+    if guard is None or (other := running_control_room(state)) is not None:
+        other = running_control_room(state) or {}
+        raise ControlRoomError(f"a control room already runs (pid {other.get('pid', '?')}, {other.get('ui', 'starting')})",
+                               hint="make stop")
     if not port_free(host, port):
         raise ControlRoomError(f"port {port} on {host} is in use (make ui, another make serve, or another program)",
                                hint="stop it, or pick another port: make serve PORT=4300")
@@ -276,13 +297,17 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }))
         log.info("Prefect server starting (PREFECT_HOME=%s, log %s)", os.environ["PREFECT_HOME"], server.log_path)
-        wait_healthy(api_url, server, SERVER_START_TIMEOUT)
+        wait_healthy(api_url, server, SERVER_START_TIMEOUT, stopping)
+        if stopping.is_set():
+            return 0
         print(f"Prefect UI: http://{host}:{port}", flush=True)
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             created = ensure_work_pool(pool)
             log.info("work pool %s %s", pool, "created" if created else "exists")
             ids = register_deployments(settings, pool)
             log.info("registered %d deployments with work pool %s", len(ids), pool)
+        if stopping.is_set():  # Ctrl-C while registering: no worker
+            return 0
         worker = start_worker(settings, pool, api_url, logs)
         children.append(worker)
         info = read_pid_file(state) or {}
@@ -305,6 +330,7 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
             stop_group(pgid)
         if (read_pid_file(state) or {}).get("pid") == os.getpid():
             state.unlink(missing_ok=True)
+        guard.close()  # releases the flock
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         log.info("control room stopped")

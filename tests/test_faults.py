@@ -62,7 +62,8 @@ def test_prefect_api_unreachable_is_named(tmp_path):
 @pytest.mark.unit
 def test_damaged_index_registry_is_named_and_repaired_from_its_backup(tmp_path):
     from opsfabric.errors import OpsFabricError
-    from opsfabric.rag.versions import IndexVersion, VersionRegistry, backup_path
+    from opsfabric.files import backup_path
+    from opsfabric.rag.versions import IndexVersion, VersionRegistry
 
     path = tmp_path / "versions.json"
     registry = VersionRegistry(path)

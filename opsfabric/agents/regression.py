@@ -10,7 +10,6 @@ its golden is re-approved.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,11 +89,10 @@ def load_previous_verdicts(path: Path) -> dict[str, str]:
 
 
 def save_verdicts(path: Path, report: SuiteReport) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"verdicts": report.statuses, "pass_rate": report.pass_rate}, indent=2, sort_keys=True))
-    os.replace(tmp, path)  # a kill mid-write leaves the old baseline, never half a file
-    return path
+    from opsfabric.files import write_atomic
+
+    # a kill mid-write leaves the old baseline, never half a file
+    return write_atomic(path, json.dumps({"verdicts": report.statuses, "pass_rate": report.pass_rate}, indent=2, sort_keys=True))
 
 
 def new_failures(previous: dict[str, str], current: dict[str, str]) -> list[str]:

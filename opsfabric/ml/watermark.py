@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from opsfabric.errors import OpsFabricError
+from opsfabric.files import write_atomic
 from opsfabric.locking import exclusive, process_alive, process_start_ticks
 from opsfabric.ml.dataset import file_md5
 
@@ -133,30 +132,7 @@ def _shape_problem(raw: Any, dataset: str) -> str | None:
 
 def write_watermark(path: Path, watermark: Watermark) -> None:
     """Replace the file atomically (temp file in the same folder, fsync, rename); keep the old one as ``.bak``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(watermark.to_dict(), indent=2, sort_keys=True, default=str)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists() and _readable(path):  # a copy, so the file itself never disappears
-            shutil.copyfile(path, path.with_name(path.name + ".bak"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _readable(path: Path) -> bool:
-    """Keep only a good file as the backup: a corrupted one must not overwrite the last good ``.bak``."""
-    try:
-        json.loads(path.read_text())
-        return True
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
+    write_atomic(Path(path), json.dumps(watermark.to_dict(), indent=2, sort_keys=True, default=str), keep_backup=True)
 
 
 # ---- deciding ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import hashlib
 import html
 import io
 import json
-import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -156,11 +155,9 @@ def _read_cache(cache_dir: Path | None, kind: str, content_hash: str) -> tuple[s
 def _write_cache(cache_dir: Path | None, kind: str, content_hash: str, title: str, text: str) -> None:
     if cache_dir is None:
         return
-    target = _cache_file(cache_dir, kind, content_hash)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"title": title, "text": text}), encoding="utf-8")
-    os.replace(tmp, target)
+    from opsfabric.files import write_atomic
+
+    write_atomic(_cache_file(cache_dir, kind, content_hash), json.dumps({"title": title, "text": text}))
 
 
 def load_corpus(corpus_dir: Path, include: list[str], exclude: list[str], *, max_bytes: int, cache_dir: Path | None = None) -> LoadedCorpus:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from opsfabric import locking
+from opsfabric.files import backup_path, write_atomic
 from opsfabric.rag import qdrant
 from opsfabric.locking import process_alive, process_start_ticks
 from opsfabric.rag.errors import BuildInProgressError, IndexVersionError, LeaseLostError
@@ -117,11 +118,6 @@ class IndexVersion:
     rolled_back_by: str | None = None  # host, pid and command of the rollback
 
 
-def backup_path(path: Path) -> Path:
-    """Where the registry kept before the last save lives."""
-    return path.with_name(path.name + ".bak")
-
-
 @dataclass
 class VersionRegistry:
     """All builds and the history of live versions, persisted as JSON under the state folder.
@@ -164,21 +160,8 @@ class VersionRegistry:
         The registry it replaces is kept as ``<name>.bak`` (also written atomically), the repair for a
         registry damaged afterwards (a disk fault, a hand edit).
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         data = {"versions": [asdict(v) for v in self.versions], "live_history": self.live_history, "pending_move": self.pending_move}
-        tmp.write_text(json.dumps(data, indent=2))
-        if self.path.exists():
-            old = self.path.read_bytes()
-            try:
-                json.loads(old)
-            except ValueError:
-                old = b""  # never replace a good backup with a damaged registry
-            if old:
-                bak_tmp = self.path.with_suffix(f".{os.getpid()}.bak.tmp")
-                bak_tmp.write_bytes(old)
-                os.replace(bak_tmp, backup_path(self.path))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data, indent=2), keep_backup=True)
 
     def get(self, collection: str) -> IndexVersion:
         for v in self.versions:
