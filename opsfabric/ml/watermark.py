@@ -204,9 +204,11 @@ def record_monitored(settings, path: Path, result: dict[str, Any] | None = None,
     """
     folder = folder or batch_folder(settings)
     resolved = Path(path).resolve()
-    match = next((b for b in find_batch_files(folder.data_dir, folder.pattern, folder.exclude) if b.path.resolve() == resolved), None)
-    if match is None:
+    excluded = {Path(p).resolve() for p in folder.exclude}
+    found = next((p for p in Path(folder.data_dir).glob(folder.pattern) if p.is_file() and p.resolve() == resolved), None)
+    if found is None or resolved in excluded:
         return False
+    match = BatchFile(name=found.relative_to(folder.data_dir).as_posix(), path=found, md5=file_md5(found))
     with exclusive(settings, folder.lock_resource, purpose=f"mark {match.name} monitored"):
         watermark = read_watermark(folder.watermark, folder.dataset)
         watermark.monitored[match.name] = {
