@@ -164,7 +164,8 @@ def dvc_matches(lock: DvcLock, *, md5: str | None, path: str | None) -> list[Sta
                 elif path and f.path == path:
                     if not md5:
                         how = "same path"
-                    elif not _DVC_MD5.match(md5):
+                    elif not _DVC_MD5.match(md5) or (bool(f.md5) and f.md5.endswith(".dir") != md5.endswith(".dir")):
+                        # a folder's DVC hash (".dir") is over DVC's file listing; a run's folder digest is not
                         how = "same path (the run's hash is OpsFabric's own, not comparable with DVC's md5)"
                     else:
                         how = "same path, different md5 (the file changed since dvc.lock was written)"
