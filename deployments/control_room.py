@@ -43,6 +43,7 @@ from opsfabric.runtime_env import configure_runtime_env
 configure_runtime_env()
 
 from opsfabric.errors import OpsFabricError  # noqa: E402
+from opsfabric.files import write_atomic  # noqa: E402
 from opsfabric.locking import descendant_groups, process_alive, process_start_ticks  # noqa: E402
 from opsfabric.settings import Settings, load_settings  # noqa: E402
 
@@ -291,7 +292,7 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
         server, api_url = start_server(settings, host, port, logs)
         children.append(server)
         state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({
+        write_atomic(state, json.dumps({
             "pid": os.getpid(), "started": process_start_ticks(os.getpid()), "host": host, "port": port,
             "ui": f"http://{host}:{port}", "groups": {"server": server.record()},
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -312,15 +313,20 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
         children.append(worker)
         info = read_pid_file(state) or {}
         info["groups"] = {"server": server.record(), "worker": worker.record()}
-        state.write_text(json.dumps(info))
+        write_atomic(state, json.dumps(info))
         print(f"control room ready: UI http://{host}:{port}, worker log {worker.log_path}; Ctrl-C or make stop to end", flush=True)
         if ready is not None:
             ready.set()
+        recorded: list[list[int]] = []
         while not stopping.is_set():
             dead = [c for c in children if not c.alive()]
             if dead:
                 log.error("%s exited with status %s:\n%s", dead[0].name, dead[0].process.returncode, dead[0].tail())
                 return 1
+            runs = [[g, process_start_ticks(g)] for g in descendant_groups(worker.process.pid)]
+            if runs != recorded:  # the flow runs' groups, for `make stop` if this process is killed outright
+                info["runs"], recorded = runs, runs
+                write_atomic(state, json.dumps(info))
             stopping.wait(1.0)
         return 0
     finally:
@@ -350,7 +356,8 @@ def stop_control_room(settings: Settings, timeout: float = 60.0) -> str:
             time.sleep(0.2)
         if process_alive(socket.gethostname(), pid, info.get("started")):
             os.kill(pid, signal.SIGKILL)
-    for pgid, started in (info.get("groups") or {}).values():  # whatever the control room could not stop itself
+    # whatever the control room could not stop itself (it was killed outright): flow runs first, then worker, server
+    for pgid, started in [*(info.get("runs") or []), *reversed(list((info.get("groups") or {}).values()))]:
         if process_alive(socket.gethostname(), pgid, started):  # the same leader, not a reused id
             stop_group(int(pgid))
     state.unlink(missing_ok=True)

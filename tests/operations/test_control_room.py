@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from deployments.control_room import group_alive
+from opsfabric.locking import descendant_groups
 from deployments.definitions import DEPLOYMENTS
 from opsfabric.settings import PROJECT_ROOT
-from tests.servers import free_port
+from tests.servers import free_port, prefect_client_at
 
 pytestmark = pytest.mark.server
 
@@ -32,7 +33,10 @@ def _wait_for_line(log: Path, text: str, process: subprocess.Popen, timeout: flo
     pytest.fail(f"no {text!r} after {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
-def test_control_room_registers_every_deployment_and_sigint_leaves_no_process(tmp_path, source_repo):
+@pytest.mark.parametrize("ending", ["ctrl-c", "killed-with-its-worker-then-make-stop"])
+def test_control_room_registers_every_deployment_and_stopping_leaves_no_process(tmp_path, source_repo, ending):
+    """Ctrl-C (SIGINT) stops server, worker and a flow run still going; so does `make stop` after the control room
+    itself was killed outright (it finds them in its pid file, checked against their start times)."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -49,6 +53,8 @@ def test_control_room_registers_every_deployment_and_sigint_leaves_no_process(tm
     with log.open("wb") as out:
         room = subprocess.Popen([sys.executable, "-m", "deployments.control_room", "--port", str(port)],
                                 cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    run_groups: set[int] = set()
+    info = {"groups": {}}
     try:
         _wait_for_line(log, "control room ready", room)
         assert f"Prefect UI: http://127.0.0.1:{port}" in log.read_text()
@@ -72,13 +78,65 @@ def test_control_room_registers_every_deployment_and_sigint_leaves_no_process(tm
         [retrain] = [a for a in automations if a.name == "retrain-on-drift-event"]
         assert retrain.trigger.expect == {"opsfabric.drift.detected"}
         assert retrain.actions[0].deployment_id == deployments["retrain-on-drift"].id
+
+        # a flow run still going when the control room stops: an agent request paused for approval.
+        # Prefect starts it in a process session of its own, outside the worker's process group.
+        with prefect_client_at(f"http://127.0.0.1:{port}/api"):
+            paused = _paused_agent_run(port)
+        run_groups = set(descendant_groups(room.pid)) - {pgid for pgid, _ in info["groups"].values()}
+        assert run_groups, f"the paused flow run {paused} has no process group of its own under the control room"
+        if ending == "killed-with-its-worker-then-make-stop":
+            _wait_until(lambda: {g for g, _ in json.loads((state / "control_room.json").read_text()).get("runs", [])} >= run_groups,
+                        "the control room records its flow runs' process groups")
+            room.kill()  # no clean-up at all, and the worker dies too (OOM, kill -9): only the pid file knows the flow run
+            room.wait(30)
+            os.killpg(info["groups"]["worker"][0], signal.SIGKILL)
+            stopped = subprocess.run([sys.executable, "-m", "deployments.control_room", "stop"], cwd=PROJECT_ROOT, env=env,
+                                     capture_output=True, text=True, timeout=120)
+            assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr[-2000:]
+            status = 0
     finally:
-        room.send_signal(signal.SIGINT)
+        if room.poll() is None:
+            room.send_signal(signal.SIGINT)
+            try:
+                status = room.wait(60)
+            except subprocess.TimeoutExpired:
+                room.kill()
+                raise
+    survivors = {name: pgid for name, (pgid, _started) in info["groups"].items() if group_alive(pgid)}
+    survivors |= {f"flow run group {pgid}": pgid for pgid in run_groups if group_alive(pgid)}
+    for pgid in survivors.values():  # never leave them to the rest of the session
         try:
-            status = room.wait(60)
-        except subprocess.TimeoutExpired:
-            room.kill()
-            raise
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert status == 0, log.read_text()[-3000:]
-    assert not [name for name, (pgid, _started) in info["groups"].items() if group_alive(pgid)]
+    assert not survivors, f"outlived the control room: {sorted(survivors)}"
     assert not (state / "control_room.json").exists()
+
+
+def _wait_until(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    pytest.fail(f"timed out: {what}")
+
+
+def _paused_agent_run(port: int, timeout: float = 180.0) -> str:
+    """Start agent-ask as the UI's Run button does (replay backend, a risky request) and wait until it pauses."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    started = run_deployment("agent-ask/agent-ask", parameters={"request": "retrain the model on batch 3", "backend": "replay"},
+                             timeout=0)
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(started.id)
+            if run.state and run.state.name == "Paused":
+                return str(run.id)
+            assert not (run.state and run.state.is_final()), f"agent-ask ended {run.state!r} instead of pausing"
+            time.sleep(0.5)
+    pytest.fail(f"agent-ask flow run {started.id} did not pause within {timeout:.0f} s")
