@@ -44,7 +44,8 @@ configure_runtime_env()
 
 from opsfabric.errors import OpsFabricError  # noqa: E402
 from opsfabric.files import write_atomic  # noqa: E402
-from opsfabric.locking import descendant_groups, process_alive, process_start_ticks  # noqa: E402
+from opsfabric.locking import descendant_groups, group_alive, process_alive, process_start_ticks  # noqa: E402
+from opsfabric.runtime_env import CONTROL_ROOM_FILE, read_control_room, running_control_room  # noqa: E402
 from opsfabric.settings import Settings, load_settings  # noqa: E402
 
 log = logging.getLogger("opsfabric.control_room")
@@ -104,24 +105,6 @@ def stop_group(pgid: int, process: subprocess.Popen | None = None, timeout: floa
             time.sleep(0.1)
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg(0) also succeeds for zombies: look for a live member
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
 def spawn(name: str, argv: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None) -> Child:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as handle:
@@ -174,14 +157,7 @@ def become_subreaper() -> None:
 
 # ---- the pid file ------------------------------------------------------------------------------
 def pid_file(settings: Settings) -> Path:
-    return settings.state_dir / "control_room.json"
-
-
-def read_pid_file(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return settings.state_dir / CONTROL_ROOM_FILE
 
 
 def hold_exclusive(path: Path):
@@ -197,14 +173,6 @@ def hold_exclusive(path: Path):
         handle.close()
         return None
     return handle
-
-
-def running_control_room(path: Path) -> dict | None:
-    """The pid file's content if that control room still runs."""
-    info = read_pid_file(path)
-    if info and process_alive(socket.gethostname(), info.get("pid"), info.get("started")):
-        return info
-    return None
 
 
 # ---- the steps -----------------------------------------------------------------------------
@@ -271,8 +239,9 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
     state = pid_file(settings)
     state.parent.mkdir(parents=True, exist_ok=True)
     guard = hold_exclusive(state.with_suffix(".lock"))  # held for our lifetime: two `make serve` cannot both start
-    if guard is None or (other := running_control_room(state)) is not None:
-        other = running_control_room(state) or {}
+    other = running_control_room(settings.state_dir)
+    if guard is None or other is not None:
+        other = other or {}
         raise ControlRoomError(f"a control room already runs (pid {other.get('pid', '?')}, {other.get('ui', 'starting')})",
                                hint="make stop")
     if not port_free(host, port):
@@ -311,7 +280,7 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
             return 0
         worker = start_worker(settings, pool, api_url, logs)
         children.append(worker)
-        info = read_pid_file(state) or {}
+        info = read_control_room(settings.state_dir) or {}
         info["groups"] = {"server": server.record(), "worker": worker.record()}
         write_atomic(state, json.dumps(info))
         print(f"control room ready: UI http://{host}:{port}, worker log {worker.log_path}; Ctrl-C or make stop to end", flush=True)
@@ -334,7 +303,7 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
             child.stop()
         for pgid in descendant_groups(os.getpid()):  # orphans re-parented to us (subreaper): a run whose worker died
             stop_group(pgid)
-        if (read_pid_file(state) or {}).get("pid") == os.getpid():
+        if (read_control_room(settings.state_dir) or {}).get("pid") == os.getpid():
             state.unlink(missing_ok=True)
         guard.close()  # releases the flock
         for sig, handler in previous.items():
@@ -345,7 +314,7 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
 def stop_control_room(settings: Settings, timeout: float = 60.0) -> str:
     """``make stop``: SIGTERM the running control room; SIGKILL its process groups if it does not end."""
     state = pid_file(settings)
-    info = read_pid_file(state)
+    info = read_control_room(settings.state_dir)
     if not info:
         return f"no control room is running (no {state})"
     pid = int(info["pid"])

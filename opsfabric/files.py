@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+
+def file_md5(path: Path) -> str:
+    """MD5 of a file's bytes: the hash DVC 3 records for a file output (``dvc.lock``, ``.dir`` entries)."""
+    digest = hashlib.md5()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def backup_path(path: Path) -> Path:

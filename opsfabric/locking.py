@@ -150,20 +150,37 @@ def process_alive(host: str | None, pid: int | str | None, started: int | None) 
     return now == started
 
 
+def live_processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live (non-zombie) process of this machine (Linux /proc)."""
+    table: dict[int, tuple[int, int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                table[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a live member (``killpg(pgid, 0)`` also succeeds for zombies)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return any(group == pgid for _, group in live_processes().values())
+
+
 def descendant_groups(pid: int) -> list[int]:
     """Process groups of ``pid``'s live descendants other than its own group, parents first (Linux /proc).
 
     A Prefect worker starts each flow run in a session of its own: stopping the worker's process
     group leaves its flow runs running. Their groups are found here, from the parent links.
     """
-    parents: dict[int, tuple[int, int]] = {}  # pid -> (parent pid, process group)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z":
-                parents[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
-        except (OSError, IndexError, ValueError):
-            continue
+    parents = live_processes()
     own = parents.get(pid, (0, pid))[1]
     found, frontier, groups = {pid}, [pid], []
     while frontier:

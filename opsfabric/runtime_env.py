@@ -70,18 +70,36 @@ def configure_runtime_env(state_dir: Path | None = None) -> dict[str, str]:
     return applied
 
 
-def running_control_room_api(state_dir: Path) -> str | None:
-    """The API URL of the control room running on ``state_dir`` (its pid file names a live process), or None."""
+CONTROL_ROOM_FILE = "control_room.json"  # `make serve`'s pid file in the state folder (deployments/control_room.py)
+
+
+def read_control_room(state_dir: Path) -> dict | None:
+    """The control room's pid file under ``state_dir`` (None if absent or unreadable)."""
     import json
+
+    try:
+        info = json.loads((Path(state_dir) / CONTROL_ROOM_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def running_control_room(state_dir: Path) -> dict | None:
+    """The pid file's content if that control room still runs on this host (same pid and start time)."""
     import socket
 
     from opsfabric.locking import process_alive
 
-    try:
-        info = json.loads((state_dir / "control_room.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or not process_alive(socket.gethostname(), info.get("pid"), info.get("started")):
+    info = read_control_room(state_dir)
+    if info and process_alive(socket.gethostname(), info.get("pid"), info.get("started")):
+        return info
+    return None
+
+
+def running_control_room_api(state_dir: Path) -> str | None:
+    """The API URL of the control room running on ``state_dir`` (its pid file names a live process), or None."""
+    info = running_control_room(state_dir)
+    if info is None:
         return None
     if info.get("pid") == os.getpid() or "worker" not in (info.get("groups") or {}):
         return None  # the control room itself, or one still starting

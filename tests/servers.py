@@ -18,6 +18,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -68,33 +69,42 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None
 
 def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(log, "ab")
-    return subprocess.Popen(
-        argv,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        start_new_session=True,  # its own process group: stop() takes its children too
-    )
+    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            argv,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,  # its own process group: stop() takes its children too
+        )
 
 
-def wait_http(url: str, server: Server, timeout: float, expect: int = 200) -> None:
+def wait_until(check: Callable[[], bool], server: Server, timeout: float, what: str) -> None:
+    """Poll ``check`` until it returns True; stop the server and fail with its log if it dies or time runs out."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         if not server.alive():
             raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.tail()}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == expect:
-                    return
-                last = f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(exc)
-        time.sleep(0.5)
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe means "not ready yet"
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"{server.name} did not answer {url} within {timeout:.0f} s ({last}):\n{server.tail()}")
+    raise RuntimeError(f"{server.name}: {what} not ready within {timeout:.0f} s ({last}):\n{server.tail()}")
+
+
+def wait_http(url: str, server: Server, timeout: float, expect: int = 200) -> None:
+    def answers() -> bool:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            if response.status != expect:
+                raise RuntimeError(f"HTTP {response.status}")
+        return True
+
+    wait_until(answers, server, timeout, f"an answer from {url}")
 
 
 def start_prefect_server(home: Path, extra_env: dict[str, str] | None = None, timeout: float = 180.0) -> Server:

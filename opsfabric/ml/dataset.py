@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from opsfabric.files import file_md5  # noqa: F401  (the DVC file hash; imported from here by the ML modules)
 from opsfabric.ml.errors import DataLoadError
 from opsfabric.settings import DatasetSettings
 
@@ -54,15 +54,6 @@ def read_table(path: Path) -> pd.DataFrame:
     if frame.columns.empty:
         raise DataLoadError(f"{path}: file has no columns")
     return frame
-
-
-def file_md5(path: Path) -> str:
-    """MD5 of a file's bytes: the hash DVC 3 records for a file output (``dvc.lock``, ``.dir`` entries)."""
-    digest = hashlib.md5()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_feature_spec(dataset: DatasetSettings, reference: pd.DataFrame) -> FeatureSpec:

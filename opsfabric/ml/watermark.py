@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from opsfabric.errors import OpsFabricError
-from opsfabric.files import write_atomic
+from opsfabric.files import file_md5, write_atomic
 from opsfabric.locking import exclusive, process_alive, process_start_ticks
-from opsfabric.ml.dataset import file_md5
 
 WATERMARK_VERSION = 1
 CLAIM_TTL_SECONDS = 6 * 3600  # a claim of another host is taken over after this (its liveness cannot be checked)

@@ -546,13 +546,7 @@ def platform_records(settings: Any, flow_run_lookup: FlowRunLookup | None = None
 
 def file_md5_of_ref(project_root: Path, value: str) -> str | None:
     """The md5 of the file a ``data:<path>`` reference names (None for a folder, a hash or a missing file)."""
-    import hashlib
+    from opsfabric.files import file_md5
 
     path = Path(value) if Path(value).is_absolute() else project_root / value
-    if not path.is_file():
-        return None
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_md5(path) if path.is_file() else None

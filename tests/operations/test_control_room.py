@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.control_room import group_alive
-from opsfabric.locking import descendant_groups
+from opsfabric.locking import descendant_groups, group_alive
 from deployments.definitions import DEPLOYMENTS
 from opsfabric.settings import PROJECT_ROOT
 from tests.servers import free_port, prefect_client_at

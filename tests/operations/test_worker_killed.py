@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from opsfabric.locking import live_processes
 from tests.operations.conftest import POOL, wait_for_final_state
 from tests.servers import Server, start_worker
 
@@ -30,22 +31,9 @@ EXPERIMENT = "ml-training"
 MID_RUN_TIMEOUT = 150.0
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) of every live (non-zombie) process on this machine."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            table[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
 def process_tree(root: int) -> dict[int, int]:
     """``root`` and all its live descendants: pid -> process group."""
-    table = _proc_table()
+    table = live_processes()
     children: dict[int, list[int]] = defaultdict(list)
     for pid, (ppid, _) in table.items():
         children[ppid].append(pid)
@@ -74,7 +62,7 @@ def kill_worker_tree(worker: Server) -> dict[int, int]:
             pass
     worker.process.wait(10)  # reap the worker (pytest is its parent), or it stays a zombie
     deadline = time.monotonic() + 10
-    while (alive := set(tree) & set(_proc_table())) and time.monotonic() < deadline:
+    while (alive := set(tree) & set(live_processes())) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive, f"processes of the killed worker's tree still run: {sorted(alive)}"
     return tree

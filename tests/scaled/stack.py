@@ -23,28 +23,11 @@ from pathlib import Path
 from typing import Callable
 
 from opsfabric.settings import PROJECT_ROOT
-from tests.servers import VENV_BIN, Server, free_port, spawn, start_prefect_server, wait_http
+from tests.servers import VENV_BIN, Server, free_port, spawn, start_prefect_server, wait_http, wait_until
 
 PG_BIN = Path(os.environ.get("OPSFABRIC_PG_BIN", "/usr/lib/postgresql/15/bin"))
 # moto accepts any credentials; MLflow's server (not its clients: artifacts are proxied) uses them.
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def wait_until(check: Callable[[], bool], server: Server, timeout: float, what: str) -> None:
-    """Poll ``check`` until it returns True; fail with the server's log if it dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.tail()}")
-        try:
-            if check():
-                return
-        except Exception as exc:  # noqa: BLE001 - any failure of the probe means "not ready yet"
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"{server.name}: {what} not ready within {timeout:.0f} s ({last}):\n{server.tail()}")
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
