@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from opsfabric.agents.settings import AgentsSettings
+from opsfabric.llm.settings import LocalLLMSettings
 from opsfabric.errors import ConfigError
 from opsfabric.rag.settings import RagSettings
 
@@ -275,12 +276,30 @@ class Settings(BaseSettings):
     ml: MLParams = Field(default_factory=MLParams)
     rag: RagSettings = Field(default_factory=RagSettings)
     agents: AgentsSettings = Field(default_factory=AgentsSettings)
+    llm: LocalLLMSettings = Field(default_factory=LocalLLMSettings)
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> "Settings":
         if not self.state_dir.is_absolute():
             self.state_dir = (self.project_root / self.state_dir).resolve()
         return self
+
+    @model_validator(mode="after")
+    def _resolve_local_llm(self) -> "Settings":
+        # base_url "local" in a client section means the server `make llm` starts: one port to change
+        from opsfabric.llm.identity import resolve_base_url
+
+        host, port = self.llm.server.host, self.llm.server.port
+        if getattr(self.agents.model, "base_url", None) is not None:
+            self.agents.model.base_url = resolve_base_url(self.agents.model.base_url, host, port)
+        self.rag.llm.base_url = resolve_base_url(self.rag.llm.base_url, host, port)
+        return self
+
+    @property
+    def uses_local_llm(self) -> bool:
+        """Whether a client section points at the local model server (``make serve`` then starts it)."""
+        local = f"http://{self.llm.server.host}:{self.llm.server.port}/v1"
+        return getattr(self.agents.model, "base_url", None) == local or self.rag.llm.base_url == local
 
     @classmethod
     def settings_customise_sources(

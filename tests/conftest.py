@@ -37,3 +37,33 @@ def make_settings(tmp_path: Path):
         return load_settings(*extra_files, root=PROJECT_ROOT, **overrides)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def local_llm(tmp_path_factory):
+    """A real local model server for the session: llama-cpp-python serving SmolLM2-135M-Instruct on a free port.
+
+    Needs the ``.[llm]`` extra (``make test`` installs it); a missing extra fails the test with the
+    named error and its install command, it is never skipped. Clients reach it through
+    ``configs/profiles/local-llm.yaml`` with ``llm.server.port`` set to ``local_llm.port``.
+    """
+    from opsfabric.llm.launcher import start_server
+    from tests.servers import free_port
+
+    settings = load_settings(root=PROJECT_ROOT, state_dir=tmp_path_factory.mktemp("llm-state"),
+                             llm={"server": {"port": free_port(), "n_threads": 1}})
+    server = start_server(settings)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm_settings(local_llm, make_settings):
+    """Settings of the local-llm profile pointed at the session's model server (state under the test's tmp_path)."""
+
+    def factory(*extra_files: str, **overrides) -> Settings:
+        llm = overrides.pop("llm", {})
+        server = {**llm.get("server", {}), "port": local_llm.port}
+        return make_settings("configs/profiles/local-llm.yaml", *extra_files, llm={**llm, "server": server}, **overrides)
+
+    return factory

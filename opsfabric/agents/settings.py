@@ -54,16 +54,28 @@ class OfflinePlannerSettings(_Section):
 
 
 class EndpointModelSettings(_Section):
-    """An OpenAI-compatible chat endpoint with tool calling (Ollama, vLLM, llama.cpp server, OpenAI)."""
+    """An OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp server, OpenAI).
+
+    ``tool_calling`` chooses how a decision is asked for: ``native`` sends the tools in the
+    request's ``tools`` field (servers with working tool calling); ``json_schema`` asks for one
+    JSON object constrained by a schema with one alternative per tool and one for a text answer
+    (servers whose native path is broken, such as llama-cpp-python's). Either way the graph,
+    guardrails, approvals and traces are the same.
+    """
 
     kind: Literal["openai"] = "openai"
-    base_url: str
+    base_url: str = Field(description="OpenAI-compatible base URL (…/v1); `local`: the server `make llm` starts (llm.server).")
     model: str = "gpt-4o-mini"
     api_key_env: str = Field(default="OPENAI_API_KEY", description="Name of the environment variable holding the key.")
-    temperature: float = 0.0
+    tool_calling: Literal["native", "json_schema"] = Field(default="native", description="native: the `tools` field; json_schema: schema-constrained JSON replies.")
+    prompt: str = Field(default="configs/prompts/agent.v1.yaml", description="Versioned prompt file (system text, JSON instructions, few-shot examples).")
+    few_shot: bool = Field(default=True, description="json_schema mode: show the prompt file's examples before the request.")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    seed: int | None = Field(default=0, description="Sent with every request (servers that honour it sample reproducibly); null: none sent.")
+    max_tokens: int = Field(default=256, ge=16, description="Reply length limit per decision.")
     timeout_seconds: float = 60.0
-    price_per_1k_input_tokens: float = 0.0
-    price_per_1k_output_tokens: float = 0.0
+    price_per_1k_input_tokens: float = Field(default=0.0, ge=0, description="USD per 1k input tokens (0 for a local model: its cost is the machine's, not billed).")
+    price_per_1k_output_tokens: float = Field(default=0.0, ge=0)
 
 
 DecisionModelSettings = Annotated[Union[OfflinePlannerSettings, EndpointModelSettings], Field(discriminator="kind")]

@@ -134,6 +134,7 @@ class TraceRecorder:
     thread_id: str
     model_name: str
     agent_name: str = "opsfabric-ops"
+    labels: dict[str, Any] = field(default_factory=dict)  # model file and digest, server, temperature, seed, prompt
     clock: Any = time.perf_counter
     trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -181,7 +182,7 @@ class TraceRecorder:
         return self.add("tool_call", f"execute_tool {name}", attrs, start_ms=start_ms, duration_ms=duration_ms)
 
     def model_call(self, model: str, *, input_tokens: int, output_tokens: int, estimated: bool, cost: float,
-                   tool_calls: list[str], start_ms: float | None = None, duration_ms: float = 0.0) -> dict[str, Any]:
+                   tool_calls: list[str], start_ms: float | None = None, duration_ms: float = 0.0, **extra: Any) -> dict[str, Any]:
         return self.add(
             "model_call",
             f"chat {model}",
@@ -193,6 +194,7 @@ class TraceRecorder:
                 "opsfabric.usage.estimated": estimated,
                 "opsfabric.cost.estimated_usd": round(cost, 6),
                 "opsfabric.model.tool_calls": tool_calls,
+                **extra,
             },
             start_ms=start_ms,
             duration_ms=duration_ms,
@@ -234,6 +236,7 @@ class TraceRecorder:
                 "gen_ai.agent.name": self.agent_name,
                 "gen_ai.request.model": self.model_name,
                 "gen_ai.conversation.id": self.thread_id,
+                **{k: v for k, v in self.labels.items() if k != "gen_ai.request.model"},
             },
             "events": self.events,
             "answer": answer,
