@@ -205,16 +205,23 @@ def _invoke(agent: Agent, payload: Any, thread_id: str) -> RunResult:
     from langgraph.errors import GraphRecursionError
 
     from opsfabric.errors import OpsFabricError
+    from opsfabric.llm.errors import EndpointUnavailableError
 
     agent.guard.start_segment(thread_id)
     try:
         agent.graph.invoke(payload, _config(agent, thread_id))
     except GraphRecursionError:
         return _result(agent, thread_id, forced_stop="recursion_limit")
+    except EndpointUnavailableError as exc:  # the model server died or never answered: name the thread and where it stopped
+        raise AgentError(f"thread {thread_id} stopped mid-run{_where(agent, thread_id)}: {exc}",
+                         hint=f"{exc.hint}; what already ran is in the thread's checkpoint (`python -m flows.agent pending "
+                         f"{thread_id}`); no later step ran") from None
     except (OpsFabricError, KeyboardInterrupt):
         raise
     except Exception as exc:  # the model endpoint failed, a bug: the thread stopped between two checkpoints
-        raise AgentError(f"thread {thread_id} stopped mid-run{_where(agent, thread_id)}: {type(exc).__name__}: {exc}",
+        url = agent.labels.get("opsfabric.server.url")
+        raise AgentError(f"thread {thread_id} stopped mid-run{_where(agent, thread_id)}: {type(exc).__name__}: {exc}"
+                         + (f" (model endpoint {url})" if url else ""),
                          hint="what already ran is in the thread's checkpoint; actions taken so far are in the platform "
                          "(check before asking again); `python -m flows.agent pending THREAD` shows the thread") from exc
     return _result(agent, thread_id)

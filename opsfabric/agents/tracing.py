@@ -23,6 +23,14 @@ def _attrs(attributes: dict[str, Any]) -> dict[str, Any]:
             for k, v in attributes.items()}
 
 
+_LABEL_PREFIXES = ("gen_ai.request.", "opsfabric.model.", "opsfabric.server", "opsfabric.prompt.", "opsfabric.tool_calling", "opsfabric.tools.")
+
+
+def model_tags(trace: dict[str, Any]) -> dict[str, str]:
+    """The trace's model labels (model, GGUF file and sha256, server, temperature, seed, prompt) as searchable MLflow tags."""
+    return {k: str(v) for k, v in trace["attributes"].items() if k.startswith(_LABEL_PREFIXES)}
+
+
 def send_to_mlflow(trace: dict[str, Any], client: Any, experiment_id: str, *, run_id: str | None = None,
                    tags: dict[str, str] | None = None) -> str:
     """Record ``trace`` as one MLflow trace (root span ``invoke_agent`` plus one span per event); returns its id."""
@@ -33,7 +41,7 @@ def send_to_mlflow(trace: dict[str, Any], client: Any, experiment_id: str, *, ru
         span_type="AGENT",
         inputs={"request": trace["request"], "profile": trace["profile"]},
         attributes=_attrs({**trace["attributes"], "opsfabric.trace_id": trace["trace_id"]}),
-        tags={"opsfabric.thread_id": trace["thread_id"], "opsfabric.status": trace["status"], **(tags or {})},
+        tags={"opsfabric.thread_id": trace["thread_id"], "opsfabric.status": trace["status"], **model_tags(trace), **(tags or {})},
         experiment_id=experiment_id,
         start_time_ns=base,
         run_id=run_id,
