@@ -135,10 +135,13 @@ def log_suite(settings: Any, report: SuiteReport, lineage: Any) -> str:
     """One MLflow run in experiment ``agent-regression``: metrics, verdicts, diffs and traces as artifacts,
     and each scenario's trace in MLflow tracing (tagged ``opsfabric.scenario``, linked to the run)."""
     from opsfabric.agents.trace import dumps_trace
-    from opsfabric.agents.tracing import send_to_mlflow
+    from opsfabric.agents.tracing import model_tags, send_to_mlflow
     from opsfabric.tracking import mlflow_run
 
-    with mlflow_run(settings, EXPERIMENT, "golden-suite", lineage, tags={"opsfabric.agent.model": settings.agents.model.kind}) as run:
+    # the model the suite judged (GGUF file and sha256, server, temperature, seed, prompt): from its traces
+    labels = model_tags(next(iter(report.traces.values()))) if report.traces else {}
+    tags = {"opsfabric.agent.model": settings.agents.model.kind, **labels}
+    with mlflow_run(settings, EXPERIMENT, "golden-suite", lineage, tags=tags) as run:
         for key, value in sorted(report.metrics.items()):
             run.client.log_metric(run.run_id, key, value)
         run.client.log_text(run.run_id, json.dumps(report.statuses, indent=2, sort_keys=True), "verdicts.json")

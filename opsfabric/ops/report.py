@@ -127,6 +127,7 @@ class AgentStatus:
     failing: list[str]
     run: Link
     flow_run: Link | None
+    model: str = ""  # what decided: the offline planner, or a model with its file and digest
 
 
 @dataclass
@@ -284,7 +285,21 @@ def _agents(state: OpsState) -> AgentStatus | None:
         failing=sorted(s for s, v in verdicts.items() if v != "pass"),
         run=_run_link(run, state.links),
         flow_run=_flow_link(run, state.links),
+        model=model_label(run.tags),
     )
+
+
+def model_label(tags: dict[str, str]) -> str:
+    """``smollm2-135m-instruct (SmolLM2-135M-Instruct.Q4_1.gguf sha256:b179c952…, llama-cpp-python 0.3.36, T=0.0, seed 0)``."""
+    model = tags.get("gen_ai.request.model")
+    if not model:
+        return "offline planner (deterministic, not a language model)" if tags.get("opsfabric.agent.model") == "offline" else ""
+    details = [f"{tags['opsfabric.model.file']} sha256:{tags.get('opsfabric.model.sha256', '')[:8]}…" if tags.get("opsfabric.model.file") else "",
+               tags.get("opsfabric.server", ""),
+               f"T={tags['gen_ai.request.temperature']}" if "gen_ai.request.temperature" in tags else "",
+               f"seed {tags['gen_ai.request.seed']}" if "gen_ai.request.seed" in tags else ""]
+    details = [d for d in details if d]
+    return f"{model} ({', '.join(details)})" if details else model
 
 
 def _problems(state: OpsState, recent: dict[str, list[RunRecord]], since: datetime) -> list[Problem]:
@@ -438,7 +453,8 @@ def render_html(report: OpsReport, plots: dict[str, str] | None = None) -> str:
         "<h2>Agents: golden-trace regression</h2>",
         (f"<p>Latest suite {a.when}: pass rate <b class='{'ok' if a.failed == 0 else 'bad'}'>{_fmt(a.pass_rate)}</b> "
          f"({a.scenarios} scenarios, {a.failed} failed, run {a.status}). "
-         + (f"Failing: {html.escape(', '.join(a.failing))}. " if a.failing else "") + f"<br>Run: {_a(a.run)}; flow run: {_a(a.flow_run)}</p>")
+         + (f"Failing: {html.escape(', '.join(a.failing))}. " if a.failing else "")
+         + (f"<br>Decided by: {html.escape(a.model)}" if a.model else "") + f"<br>Run: {_a(a.run)}; flow run: {_a(a.flow_run)}</p>")
         if a else f"<p>Regression suite: <em>{NONE_YET}</em></p>",
         "<h2>Trends</h2>",
     ]
@@ -469,7 +485,8 @@ def render_markdown(report: OpsReport, html_location: str | None = None) -> str:
     drift = ", ".join(f"{d.batch} {_fmt(d.drift_share, '.2f')}" for d in report.drift) or NONE_YET
     drift += f"; retrain: {', '.join(retrain)}" if retrain else ""
     index = f"{i.collection} (" + ", ".join(f"{k} {v:.3f}" for k, v in i.scores.items()) + ")" if i else NONE_YET
-    agents = f"pass rate {_fmt(a.pass_rate)} ({a.failed} failed of {a.scenarios}), run {_md(a.run)}" if a else NONE_YET
+    agents = (f"pass rate {_fmt(a.pass_rate)} ({a.failed} failed of {a.scenarios})" + (f", decided by {a.model}" if a.model else "")
+              + f", run {_md(a.run)}") if a else NONE_YET
     lines += ["", "## Status", "", "| | |", "|---|---|", f"| ML champion | {champion} |", f"| drift share per batch | {drift} |",
               f"| live index | {index} |", f"| agent regression | {agents} |"]
     return "\n".join(lines)

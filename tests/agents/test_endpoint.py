@@ -1,8 +1,13 @@
-"""The endpoint path: ChatOpenAI against a local OpenAI-compatible server that returns tool calls.
+"""The native endpoint path (ChatOpenAI) against a scripted OpenAI-compatible server: only what a real model cannot do on demand.
 
-The server is a real HTTP server speaking the Chat Completions protocol with a fixed script per
-request (no language model is installable here). It is the "model" only; the graph, tools,
-guardrails, approvals and traces are the production ones.
+A real model now runs in the loop (``tests/llm/``: SmolLM2-135M on llama-cpp-python; read-only
+calls, approvals, the allowlist, budgets and a dying server are tested there). This scripted server
+is kept for the behaviours no real model can be made to produce when a test needs them: a model that
+follows an instruction injected into a tool result, parallel tool calls in one message (the
+json_schema mode asks for one call per decision), a call to a tool that does not exist, tool-call
+ids repeated or reused across turns, and exact usage figures to check the cost arithmetic. It is a
+real HTTP server speaking the Chat Completions protocol with a fixed script per request; the graph,
+tools, guardrails, approvals and traces are the production ones.
 """
 
 from __future__ import annotations

@@ -175,3 +175,18 @@ def test_ops_report_flow_on_an_empty_then_a_trained_platform(empty_platform, tra
     assert f"churn-classifier v{champion.version}</b>" in page and trained["run_id"] in page
     markdown = _markdown_artifact("ops-report")
     assert markdown is not None and f"churn-classifier v{champion.version}" in markdown and summary["mlflow_run_id"] in markdown
+
+
+@pytest.mark.unit
+def test_the_agent_section_names_the_model_that_decided():
+    planner = _state(runs={R.AGENT_REGRESSION: [_run("a1", "agent-regression", "golden-suite", 1, tags={"opsfabric.agent.model": "offline"},
+                                                     metrics={"pass_rate": 1.0, "scenarios": 36, "failed": 0})]})
+    assert "decided by offline planner (deterministic, not a language model)" in R.render_markdown(R.build_report(planner))
+    tags = {"opsfabric.agent.model": "openai", "gen_ai.request.model": "smollm2-135m-instruct", "opsfabric.model.file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "opsfabric.model.sha256": "b179c9523d0e6a0f98a3", "opsfabric.server": "llama-cpp-python 0.3.36",
+            "gen_ai.request.temperature": "0.0", "gen_ai.request.seed": "0"}
+    model = _state(runs={R.AGENT_REGRESSION: [_run("a2", "agent-regression", "golden-suite", 1, tags=tags,
+                                                   metrics={"pass_rate": 0.25, "scenarios": 36, "failed": 27})]})
+    report = R.build_report(model)
+    expected = "smollm2-135m-instruct (SmolLM2-135M-Instruct.Q4_1.gguf sha256:b179c952…, llama-cpp-python 0.3.36, T=0.0, seed 0)"
+    assert expected in R.render_markdown(report) and expected in R.render_html(report, {})
