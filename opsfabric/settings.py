@@ -287,7 +287,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_local_llm(self) -> "Settings":
         # base_url "local" in a client section means the server `make llm` starts: one port to change
-        from opsfabric.llm.identity import resolve_base_url
+        from opsfabric.llm.settings import resolve_base_url
 
         host, port = self.llm.server.host, self.llm.server.port
         if getattr(self.agents.model, "base_url", None) is not None:

@@ -14,8 +14,6 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-LOCAL_BASE_URL = "local"  # a client base_url of "local" means the server `make llm` starts (llm.server.host/port)
-
 
 def _get_json(url: str, timeout: float) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -61,10 +59,3 @@ def probe_identity(base_url: str, model: str, timeout: float = 5.0) -> dict[str,
     else:
         labels["opsfabric.server"] = "OpenAI-compatible endpoint (no model-info route: file and digest unknown)"
     return {k: v for k, v in labels.items() if v is not None}
-
-
-def resolve_base_url(base_url: str | None, host: str, port: int) -> str | None:
-    """``local`` becomes the local server's URL; anything else passes through."""
-    if base_url == LOCAL_BASE_URL:
-        return f"http://{host}:{port}/v1"
-    return base_url

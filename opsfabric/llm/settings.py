@@ -72,3 +72,13 @@ class LocalLLMSettings(_Section):
         if not self.server.models:
             raise ValueError("llm.server.models is empty: name at least one model")
         return self
+
+
+LOCAL_BASE_URL = "local"  # a client base_url of "local" means the server `make llm` starts (llm.server.host/port)
+
+
+def resolve_base_url(base_url: str | None, host: str, port: int) -> str | None:
+    """``local`` becomes the local server's URL; anything else passes through."""
+    if base_url == LOCAL_BASE_URL:
+        return f"http://{host}:{port}/v1"
+    return base_url
