@@ -104,7 +104,17 @@ class NormaliseRule(_Rule):
     normalisers: list[Literal["ids", "timestamps"]] = Field(default_factory=lambda: ["ids", "timestamps"])
 
 
-ArgRule = Annotated[Union[ExactRule, IgnoreRule, RegexRule, NumericRule, NormaliseRule], Field(discriminator="kind")]
+class MentionsRule(_Rule):
+    """Free text (a search query, a reason) that mentions at least one of ``any_of`` (case-insensitive substrings).
+
+    For arguments a model writes in its own words: the golden states what the text must be about,
+    not one model's wording (the expected value is not used)."""
+
+    kind: Literal["mentions"] = "mentions"
+    any_of: list[str] = Field(min_length=1)
+
+
+ArgRule = Annotated[Union[ExactRule, IgnoreRule, RegexRule, NumericRule, NormaliseRule, MentionsRule], Field(discriminator="kind")]
 
 
 def canonical_json(value: Any) -> str:
@@ -128,6 +138,11 @@ def match_value(rule: Any, expected: Any, actual: Any, *, present: bool = True) 
         return None
     if not present:
         return "missing"
+    if isinstance(rule, MentionsRule):
+        text = str(actual).lower()
+        if not any(word.lower() in text for word in rule.any_of):
+            return f"{actual!r} mentions none of {rule.any_of}"
+        return None
     if isinstance(rule, RegexRule):
         if re.fullmatch(rule.pattern, str(actual)) is None:
             return f"{actual!r} does not match /{rule.pattern}/"
@@ -462,6 +477,7 @@ def judge(
     observed: dict[str, Any] | None = None,
     recorded_schemas: dict[str, dict[str, str]] | None = None,
     current_schemas: dict[str, dict[str, str]] | None = None,
+    extra_reasons: list[str] | None = None,
 ) -> Verdict:
     """Match one run against its golden: trajectory, answer, run-level outcome, schema drift.
 
@@ -474,6 +490,7 @@ def judge(
         observed: the run's actual values for those keys.
         recorded_schemas: tool fingerprints stored in the golden.
         current_schemas: tool fingerprints of the agent now.
+        extra_reasons: failures found while running the scenario (a pending action no recorded decision answers).
 
     Returns:
         ``schema_drift`` when a tool the golden used changed (its other failures are listed too,
@@ -483,6 +500,7 @@ def judge(
     reasons = list(reasons)
     if answer_checks is not None:
         reasons += check_answer(answer_checks, answer)
+    reasons += list(extra_reasons or [])
     observed = observed or {}
     for key, want in sorted((outcome_checks or {}).items()):
         if observed.get(key) != want:

@@ -9,6 +9,7 @@ import yaml
 
 from opsfabric.agents.errors import GoldenError
 from opsfabric.agents.golden import (
+    ApprovalStep,
     approve_candidate,
     candidate_digest,
     golden_from_run,
@@ -45,7 +46,7 @@ def test_suite_files_are_valid_and_cover_the_issue():
 @pytest.mark.unit
 def test_a_bad_scenario_file_names_file_and_key(tmp_path):
     bad = tmp_path / "x.yaml"
-    bad.write_text(yaml.safe_dump({"id": "x", "description": "d", "request": "r", "expect": {"status": "completed", "trajectory": {"mode": "sideways"}}}))
+    bad.write_text(yaml.safe_dump({"id": "x", "description": "d", "request": "r", "expect": {"outcome": "completed", "trajectory": {"mode": "sideways"}}}))
     with pytest.raises(GoldenError, match=r"x.yaml: invalid scenario: expect.trajectory.mode"):
         load_scenario(bad)
 
@@ -63,7 +64,7 @@ def test_record_writes_a_candidate_and_approve_replaces_the_golden(tmp_path):
     shutil.copy(GOLDEN / "promote_denied.yaml", path)
     scenario = load_scenario(path)
     # the reviewer now allows it: the recorded behaviour changes, the golden does not until approved
-    changed = scenario.model_copy(update={"approvals": [{"type": "approve"}]})
+    changed = scenario.model_copy(update={"approvals": [ApprovalStep(tool="promote_model_version", decision="approve")]})
     run = run_scenario(changed, AgentsSettings(), tmp_path / "work")
     assert run.verdict.status == "fail" and "outcome 'ok' != expected 'denied'" in run.verdict.render_diff()
     original = path.read_text()
@@ -128,3 +129,48 @@ def test_concurrent_records_of_one_scenario_write_one_candidate(tmp_path):
     codes = sorted(p.wait(timeout=120) for p in procs)
     assert codes == [0, 3, 3, 3]
     assert len(list(tmp_path.glob("*.candidate.yaml"))) == 1
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("status, reason, calls, expected", [
+    ("completed", None, 2, "completed"), ("abstained", None, 0, "asked to clarify"),
+    ("completed", None, 0, "asked to clarify"),  # a model that replied without acting: the same class as an abstention
+    ("stopped", "allowlist", 1, "refused: allowlist"), ("stopped", "budget:steps", 3, "refused: budget:steps"),
+    ("awaiting_approval", None, 1, "awaiting approval"),
+])
+def test_outcome_classes_are_the_same_for_every_model(status, reason, calls, expected):
+    from opsfabric.agents.golden import outcome_class
+
+    assert outcome_class(status, reason, calls) == expected
+
+
+@pytest.mark.unit
+def test_a_model_section_adds_to_the_shared_expectations_only_for_that_model():
+    scenario = load_scenario(GOLDEN / "champion_info.yaml")
+    assert "offline planner" in scenario.expectations("offline-planner").answer.contains
+    shared = scenario.expectations("smollm2-135m-instruct")
+    assert "offline planner" not in shared.answer.contains and shared.answer.contains == scenario.expect.answer.contains
+
+
+@pytest.mark.unit
+def test_no_shared_expectation_names_the_offline_planner():
+    # what only the planner says lives in its own section, so another model is judged on behaviour
+    for path in scenario_files(GOLDEN):
+        text = load_scenario(path).expect.model_dump_json().lower()
+        assert "offline planner" not in text, path.name
+
+
+@pytest.mark.flows
+def test_a_decision_for_another_action_is_a_fail_verdict_naming_it_not_a_crash(tmp_path):
+    scenario = load_scenario(GOLDEN / "promote_approved.yaml")
+    wrong_tool = scenario.model_copy(update={"approvals": [ApprovalStep(tool="trigger_retraining", args={"batch": "batch_03"}, decision="approve")]})
+    run = run_scenario(wrong_tool, AgentsSettings(), tmp_path / "a")
+    assert run.verdict.status == "fail"
+    assert any("pending action promote_model_version" in r and "matches no recorded decision" in r and "trigger_retraining" in r
+               for r in run.verdict.reasons)
+    wrong_args = scenario.model_copy(update={"approvals": [ApprovalStep(tool="promote_model_version", args={"version": 2}, decision="approve")]})
+    assert "matches no recorded decision" in run_scenario(wrong_args, AgentsSettings(), tmp_path / "b").verdict.render_diff()
+    bad_edit = scenario.model_copy(update={"approvals": [ApprovalStep(tool="promote_model_version", decision="edit", edited_args={"version": "four"})]})
+    verdict = run_scenario(bad_edit, AgentsSettings(), tmp_path / "c").verdict
+    assert verdict.status == "fail" and any("recorded edit of promote_model_version was refused" in r for r in verdict.reasons)
+    assert not (tmp_path / "a" / "journal.jsonl").exists() and not (tmp_path / "c" / "journal.jsonl").exists()

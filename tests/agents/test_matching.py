@@ -163,3 +163,14 @@ def test_answer_and_outcome_checks():
         outcome_checks={"status": "abstained"}, observed={"status": "completed"},
     )
     assert verdict.reasons == ("answer contains 'promoted'", "status 'completed' != expected 'abstained'")
+
+
+@pytest.mark.unit
+def test_mentions_rule_judges_free_text_by_what_it_is_about():
+    from opsfabric.agents.matching import MentionsRule, match_value
+
+    rule = MentionsRule(any_of=["python software foundation", "PSF"])
+    assert match_value(rule, None, "Who runs the PSF?") is None
+    assert match_value(rule, None, "the Python Software Foundation history") is None
+    assert "mentions none of" in match_value(rule, None, "release schedule")
+    assert match_value(rule, None, None, present=False) == "missing"

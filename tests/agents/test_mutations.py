@@ -109,8 +109,8 @@ def test_loosened_guardrails_are_caught(tmp_path):
     config = base.model_copy(update={"profiles": {**base.profiles, "viewer": loose_viewer}, "loop_max_repeats": 6})
     bad = failing(replay(["viewer_outside_allowlist", "loop_registry_down"], tmp_path, config=config))
     assert set(bad) == {"viewer_outside_allowlist", "loop_registry_down"}
-    assert "stop_reason None != expected 'allowlist'" in bad["viewer_outside_allowlist"]
-    assert "stop_reason None != expected 'loop'" in bad["loop_registry_down"]
+    assert "outcome 'awaiting approval' != expected 'refused: allowlist'" in bad["viewer_outside_allowlist"]
+    assert "!= expected 'refused: loop'" in bad["loop_registry_down"]
 
 
 def test_loosened_abstention_is_caught(tmp_path):
@@ -123,7 +123,7 @@ def test_loosened_abstention_is_caught(tmp_path):
                 for sid in ["abstain_off_topic", "abstain_ambiguous"]}
     bad = failing(verdicts)
     assert set(bad) == {"abstain_off_topic", "abstain_ambiguous"}
-    assert "status 'completed' != expected 'abstained'" in bad["abstain_ambiguous"] or "awaiting_approval" in bad["abstain_ambiguous"]
+    assert "outcome 'completed' != expected 'asked to clarify'" in bad["abstain_ambiguous"] or "awaiting approval" in bad["abstain_ambiguous"]
 
 
 def test_changed_tool_description_is_reported_as_schema_drift(tmp_path):
