@@ -9,7 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from opsfabric.rag import operations, promotion, records
-from opsfabric.rag.answer import Answer
+from opsfabric.rag.answer import Answer, describe_labels
+from opsfabric.rag.evaluation import EvalResult
 from opsfabric.rag.ingest import IngestReport
 from opsfabric.rag.promotion import GateOutcome
 from opsfabric.rag.settings import RagConfig
@@ -42,7 +43,8 @@ def gate_markdown(config: RagConfig, outcome: GateOutcome) -> str:
             f"# RAG gate: {outcome.label} `{outcome.decision.candidate}`",
             "",
             f"- alias `{config.rag.store.alias}` → `{outcome.live_collection}` (was `{verdict.live_collection}`)",
-            f"- answers: {verdict.candidate.answer_method}; LLM judge: {verdict.candidate.llm_judge}",
+            f"- answers: {answers_by(verdict.candidate)}",
+            f"- LLM judge: {judged_by(verdict.candidate)}",
             *[f"- {reason}" for reason in outcome.decision.reasons],
             *[f"- earlier verdict not applied: {reason}" for reason in outcome.stale],
             "",
@@ -55,6 +57,23 @@ def gate_markdown(config: RagConfig, outcome: GateOutcome) -> str:
             f"\nretired: {outcome.retired or 'none'}",
         ]
     )
+
+
+def answers_by(result: EvalResult) -> str:
+    """What wrote an evaluation's answers, in words (model file and digest, server, sampling, prompt)."""
+    if result.answer_method != "llm":
+        return "extractive (retrieved sentences copied verbatim; no language model)"
+    return describe_labels(result.labels)
+
+
+def judged_by(result: EvalResult) -> str:
+    """Who judged faithfulness and answer relevancy, and what its scores are worth."""
+    if not result.llm_judge:
+        return "none (no LLM endpoint configured, or rag.llm.judge: false): faithfulness and answer relevancy not measured"
+    j = result.judge_labels
+    sha = str(j.get("opsfabric.model.sha256", "?"))[:16]
+    return (f"{j.get('gen_ai.request.model')} ({j.get('opsfabric.model.file', 'file unknown')} sha256:{sha}) on "
+            f"{j.get('opsfabric.server', '?')}, temperature 0, seed {j.get('gen_ai.request.seed')}. {j.get('opsfabric.judge.note', '')}")
 
 
 @task(name="skip-evaluation", cache_policy=NO_CACHE)
@@ -75,5 +94,9 @@ def rollback_index(config: RagConfig, to: str | None = None) -> dict:
 @task(name="answer-question", cache_policy=NO_CACHE)
 def answer_question(config: RagConfig, question: str) -> Answer:
     answer = operations.answer_question(config, question)
-    get_run_logger().info("%s answer in %.0f ms (+%.0f ms retrieval), flagged chunks: %d", answer.method, answer.latency_ms, answer.retrieval_ms, len(answer.flagged_chunks))
+    logger = get_run_logger()
+    logger.info("%s answer in %.0f ms (+%.0f ms retrieval), flagged chunks: %d, invalid citations: %d%s", answer.method, answer.latency_ms,
+                answer.retrieval_ms, len(answer.flagged_chunks), len(answer.invalid_citations), ", cites nothing" if answer.uncited else "")
+    if answer.method == "llm":
+        logger.info("%s", describe_labels(answer.labels))
     return answer

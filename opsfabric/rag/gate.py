@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from opsfabric.rag.golden import SPLITS
 from opsfabric.rag.settings import GateParams
 
 
@@ -39,11 +40,19 @@ def should_go_live(
     golden set in the same run. A missing or NaN metric never passes, nor does a metric that is NaN
     for more than ``policy.max_nan_share`` of the questions (``<metric>_nan_share`` in the scores).
     ``not_compared`` says why a live version was not evaluated (recorded among the reasons).
+
+    Only metrics with a threshold are gated: LLM-judge scores (``faithfulness_judge_<model>``...)
+    are not, unless ``policy.thresholds`` names them. An ungated metric that is NaN for some
+    questions is still named among the reasons (reported, not gated).
     """
     reasons, ok = [], True
     for metric, floor in sorted(policy.thresholds.items()):
         value = candidate_scores.get(metric)
-        if value is None or math.isnan(value):
+        nan_share = candidate_scores.get(f"{metric}_nan_share")
+        if value is not None and math.isnan(value) and nan_share:
+            ok = False
+            reasons.append(f"{metric} is NaN for {nan_share:.0%} of the questions (threshold {floor}; no score to compare)")
+        elif value is None or math.isnan(value):
             ok = False
             reasons.append(f"{metric} is missing or NaN (threshold {floor})")
         elif candidate_scores.get(f"{metric}_nan_share", 0.0) > policy.max_nan_share:
@@ -72,4 +81,9 @@ def should_go_live(
         reasons.append("no live version yet")
     elif not_compared:
         reasons.append(not_compared)
+    for key, share in sorted(candidate_scores.items()):
+        metric = key.removesuffix("_nan_share")
+        per_split = metric.split(".", 1)[0] in SPLITS  # the overall figure is named; its per-split ones would repeat it
+        if key.endswith("_nan_share") and not per_split and metric not in policy.thresholds and share:
+            reasons.append(f"not gated: {metric} is NaN for {share:.0%} of the questions (no threshold configured)")
     return GoLiveDecision(ok, reasons, candidate, live)

@@ -70,6 +70,8 @@ class GateOutcome:
             "previous_live": self.verdict.live_collection,
             "reasons": self.decision.reasons,
             "scores": {k: round(v, 4) for k, v in self.verdict.candidate.aggregates.items()},
+            "answers_by": self.verdict.candidate.labels,
+            "judged_by": self.verdict.candidate.judge_labels or "no LLM judge",
             "retired": self.retired,
             "attempts": self.attempts,
             "stale": self.stale,

@@ -21,6 +21,7 @@ from opsfabric.tracking import Lineage, TrackedRun
 
 if TYPE_CHECKING:
     from opsfabric.rag.errors import StaleGateDecisionError
+    from opsfabric.rag.evaluation import EvalResult
     from opsfabric.rag.promotion import GateOutcome, GateVerdict
 
 INDEX_EXPERIMENT = "rag-index"
@@ -97,6 +98,8 @@ class EvaluationRun:
 
         result, client = verdict.candidate, self.run.client
         client.set_tag(self.run_id, "rag.answer_method", result.answer_method)
+        for key, value in label_tags(result).items():
+            client.set_tag(self.run_id, key, value)
         params = {
             "collection": result.collection,
             "compared_with": verdict.live.collection if verdict.live else "none",
@@ -104,6 +107,8 @@ class EvaluationRun:
             "answer_method": result.answer_method,
             "llm_judge": result.llm_judge,
             "prompt_hash": result.prompt_hash or "none (extractive)",
+            **{f"answer.{k}": v for k, v in result.labels.items()},
+            **{f"judge.{k}": v for k, v in result.judge_labels.items()},
             **{f"retrieval.{k}": v for k, v in self.config.rag.retrieval.model_dump().items()},
             **{f"gate.{k}": v for k, v in self.config.rag.gate.model_dump().items()},
         }
@@ -123,6 +128,32 @@ class EvaluationRun:
     def log_stale(self, error: "StaleGateDecisionError") -> None:
         self.run.client.set_tag(self.run_id, "rag.gate.outcome", "stale")
         self.run.client.set_tag(self.run_id, "rag.gate.stale_reason", str(error)[:5000])
+
+
+def label_tags(result: "EvalResult") -> dict[str, str]:
+    """Tags naming what wrote and what judged an evaluation's answers (searchable in the MLflow UI)."""
+    answer, judge = result.labels, result.judge_labels
+    tags = {}
+    if result.answer_method == "llm":
+        tags |= {
+            "rag.answer.model": answer.get("gen_ai.request.model", ""),
+            "rag.answer.model_file": answer.get("opsfabric.model.file", "unknown"),
+            "rag.answer.model_sha256": answer.get("opsfabric.model.sha256", "unknown"),
+            "rag.answer.server": f"{answer.get('opsfabric.server', '?')} at {answer.get('opsfabric.server.url', '?')}",
+            "rag.answer.sampling": f"temperature {answer.get('gen_ai.request.temperature')}, seed {answer.get('gen_ai.request.seed')}",
+            "rag.answer.prompt": f"{answer.get('opsfabric.prompt.version')} sha256:{answer.get('opsfabric.prompt.sha256')}",
+        }
+    else:
+        tags["rag.answer.model"] = "none: extractive answers (retrieved sentences, no language model)"
+    if judge:
+        tags |= {
+            "rag.judge.model": judge.get("gen_ai.request.model", ""),
+            "rag.judge.model_file": judge.get("opsfabric.model.file", "unknown"),
+            "rag.judge.model_sha256": judge.get("opsfabric.model.sha256", "unknown"),
+            "rag.judge.server": f"{judge.get('opsfabric.server', '?')} at {judge.get('opsfabric.server.url', '?')}",
+            "rag.judge.note": judge.get("opsfabric.judge.note", ""),
+        }
+    return {k: str(v) for k, v in tags.items()}
 
 
 @contextmanager

@@ -89,11 +89,16 @@ class LLMSettings(_Section):
     api_key_env: str = "OPENAI_API_KEY"
     prompt: str = Field(default="configs/prompts/rag_answer.v1.yaml", description="Versioned prompt template.")
     temperature: float = 0.0
-    max_tokens: int = 400
+    seed: int | None = Field(default=0, description="Sent with every answer and judge request (servers that honour it sample reproducibly); null: none sent.")
+    max_tokens: int = Field(default=400, gt=0)
     timeout_seconds: float = 60.0
     price_per_1k_input_tokens: float = Field(default=0.0, ge=0, description="For the cost estimate per query.")
     price_per_1k_output_tokens: float = Field(default=0.0, ge=0)
-    judge: bool = Field(default=True, description="Also run ragas LLM-judge metrics when base_url is set.")
+    judge: bool = Field(default=True, description="Also run ragas LLM-judge metrics when base_url is set (same endpoint and model).")
+    judge_max_tokens: int = Field(
+        default=256, gt=0,
+        description="Reply budget of each judge request; a reply cut there is a judge failure (NaN), never a score.",
+    )
 
     @property
     def configured(self) -> bool:

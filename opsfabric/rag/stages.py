@@ -57,8 +57,8 @@ def stage_evaluate(settings) -> None:
     with records.evaluation_run(config, built["collection"], records.rag_lineage(config, built["corpus_hash"]), extra_tags=DVC_TAG) as run:
         run.log_verdict(verdict)
     # Timings vary run to run and stay in MLflow; the DVC output holds what the index and config decide.
-    records.write_table_csv([{k: v for k, v in row.items() if k != "latency_ms"} for row in verdict.candidate.table()], settings.path(EVAL_TABLE))
-    scores = {k: round(v, 6) for k, v in verdict.candidate.aggregates.items() if k not in {"latency_ms"}}
+    records.write_table_csv([{k: v for k, v in row.items() if not k.endswith("latency_ms")} for row in verdict.candidate.table()], settings.path(EVAL_TABLE))
+    scores = {k: round(v, 6) for k, v in verdict.candidate.aggregates.items() if not k.endswith("latency_ms")}
     write_json(settings.path(EVAL_METRICS), {**scores, "gate_approved": verdict.decision.approved, "compared_with_live": verdict.live.collection if verdict.live else None})
     print(json.dumps({"decision": verdict.decision.to_dict(), "scores": scores}, indent=2, default=str))
 

@@ -120,7 +120,8 @@ def test_llm_answerer_sends_the_versioned_prompt_and_accounts_tokens_and_cost(in
     assert user["content"].rstrip().endswith("Question: When is the search index rotated?")
     assert answer.method == "llm" and answer.prompt_hash == template.sha256 and answer.prompt_version == "rag_answer.v1"
     assert answer.prompt_tokens == 1000 and answer.completion_tokens == 20 and answer.cost_usd == pytest.approx(0.5 + 0.04)
-    assert [c["chunk_id"] for c in answer.citations] == [hits[0].chunk_id]
+    assert [c["chunk_id"] for c in answer.citations] == [hits[0].chunk_id] and answer.citations[0]["n"] == 1
+    assert sent["body"]["seed"] == 0 and sent["body"]["max_tokens"] == llm.max_tokens and answer.labels["gen_ai.request.seed"] == 0
 
 
 def test_alias_moves_only_through_the_gate_and_rollback_is_one_call(make_rag_config, embedder, tiny_corpus: Path):
