@@ -12,43 +12,58 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from opsfabric.agents import regression
-from opsfabric.agents.golden import run_suite, suite_digest
+from opsfabric.agents.golden import suite_digest
 from opsfabric.settings import Settings
 from opsfabric.tracking import Lineage, git_commit
 
 
-def verdicts_path(settings: Settings) -> Path:
-    return settings.state_dir / "agents" / "regression" / "verdicts.json"
+def regression_folder(settings: Settings) -> Path:
+    return settings.state_dir / "agents" / "regression"
 
 
 @task(name="replay-golden-suite", cache_policy=NO_CACHE)
-def replay_suite(settings: Settings) -> regression.SuiteReport:
-    """Replay every scenario of ``agents.golden_dir`` against the agent (replay fixture backend)."""
-    runs = run_suite(settings.path(settings.agents.golden_dir), settings.agents)
-    report = regression.summarise_runs(runs)
-    get_run_logger().info("agent suite: %d scenarios, pass rate %.3f, %.1f s", len(runs), report.pass_rate, report.seconds)
+def replay_suite(settings: Settings, trials: int, seed: int, max_trials: int | None,
+                 baseline: dict[str, tuple[int, int]]) -> regression.SuiteReport:
+    """Run every scenario of ``agents.golden_dir`` ``trials`` times (seeds ``seed..``) against the replay fixture."""
+    import tempfile
+
+    from opsfabric.agents.golden import load_scenario, run_trials, scenario_files
+
+    config = settings.agents
+    policy = regression.gate_policy(config)
+    limits = regression.thresholds(baseline, policy)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="agent-suite-") as tmp:
+        for path in scenario_files(settings.path(config.golden_dir)):
+            scenario = load_scenario(path)
+            results.append(run_trials(scenario, config, Path(tmp) / scenario.id, trials=trials, seed=seed, max_trials=max_trials,
+                                      threshold=limits.get(scenario.id, policy.new_floor)))
+    report = regression.summarise_trial_results(results, k=trials)
+    get_run_logger().info("agent suite: %d scenarios, K=%d, %.3f pass every trial, %d flaky, %.1f s", len(results), trials,
+                          report.pass_rate, int(report.metrics["flaky"]), report.seconds)
     return report
 
 
 @task(name="publish-suite-results", cache_policy=NO_CACHE)
-def publish_results(settings: Settings, report: regression.SuiteReport, previous: dict[str, str]) -> str:
+def publish_results(settings: Settings, report: regression.SuiteReport, decision: Any) -> str:
     """MLflow run (metrics, verdicts, diffs, traces), Prefect table and markdown artifacts; returns the MLflow run id."""
     golden = settings.path(settings.agents.golden_dir)
     lineage = Lineage(git_commit=git_commit(), flow_run_id=flow_run.get_id(),
                       flow_run_url=flow_run.get_flow_run_ui_url(), data_md5={"agent_golden": suite_digest(golden)})
     run_id = regression.log_suite(settings, report, lineage)
-    create_table_artifact(report.rows, key="agent-regression", description=f"Golden-trace verdicts per scenario (MLflow run {run_id})")
-    create_markdown_artifact(regression.suite_markdown(report, previous), key="agent-regression-summary",
-                             description="Pass rate, regressions and first divergences")
+    create_table_artifact(report.rows, key="agent-regression", description=f"Golden-trace verdicts per scenario, K={report.k} (MLflow run {run_id})")
+    create_table_artifact(decision.table(), key="agent-regression-gate", description="The statistical gate per scenario: counts, baseline, p-value")
+    create_markdown_artifact(regression.suite_markdown(report, decision), key="agent-regression-summary",
+                             description="Pass rates, gate reasons and first divergences")
     return run_id
 
 
 @task(name="gate-on-regressions", cache_policy=NO_CACHE)
-def gate_on_regressions(settings: Settings, report: regression.SuiteReport, previous: dict[str, str]) -> None:
-    """Fail on a regression (passed in the baseline, not now) or a failing scenario without a baseline verdict;
-    only a run that passes the gate becomes the next baseline, so a regression keeps failing until fixed or re-approved."""
-    regression.check_regressions(previous, report)
-    regression.save_verdicts(verdicts_path(settings), report)
+def gate_on_regressions(settings: Settings, report: regression.SuiteReport, decision: Any, identity: dict[str, Any]) -> None:
+    """Fail on a regression or a new scenario below its floor; only a run that passes the gate becomes the next
+    baseline (of this configuration identity), so a regression keeps failing until fixed or re-approved."""
+    regression.check_gate(decision, report)
+    regression.save_baseline(regression.baseline_path(regression_folder(settings), identity), identity, report)
 
 
 # ---- the agent as a flow: approvals through Prefect's pause/resume form -----------------------------

@@ -82,7 +82,9 @@ def make_model(config: OfflinePlannerSettings | EndpointModelSettings) -> Decisi
     if isinstance(config, OfflinePlannerSettings):
         planner = OfflinePlanner(min_similarity=config.min_similarity, min_similarity_risky=config.min_similarity_risky,
                                  min_margin=config.min_margin, max_retries=config.max_retries)
-        return DecisionModel(planner, PLANNER_NAME, labels={"opsfabric.model.kind": "offline planner: deterministic MiniLM routing, not a language model"})
+        thresholds = f"min_similarity={config.min_similarity},min_similarity_risky={config.min_similarity_risky},min_margin={config.min_margin}"
+        return DecisionModel(planner, PLANNER_NAME, labels={"opsfabric.model.kind": "offline planner: deterministic MiniLM routing, not a language model",
+                                                            "opsfabric.planner.thresholds": thresholds})
     from opsfabric.agents.prompts import AgentPrompt
     from opsfabric.endpoints import api_key_or_placeholder
     from opsfabric.llm.identity import probe_identity
@@ -160,13 +162,11 @@ def build_agent(config: AgentsSettings, backend: OpsBackend, checkpointer: Any, 
         description_prefix="Risky action: needs an operator's decision",
     )
     tools = make_tools(backend, specs or TOOL_SPECS)  # every tool: the allowlist is enforced by the guardrail, not by hiding tools
-    labels = dict(decision.labels)
-    if model_name != PLANNER_NAME:
-        from langchain_core.utils.function_calling import convert_to_openai_tool
+    from langchain_core.utils.function_calling import convert_to_openai_tool
 
-        from opsfabric.agents.prompts import tools_digest
+    from opsfabric.agents.prompts import tools_digest
 
-        labels["opsfabric.tools.sha256"] = tools_digest([convert_to_openai_tool(t)["function"] for t in tools])
+    labels = {**decision.labels, "opsfabric.tools.sha256": tools_digest([convert_to_openai_tool(t)["function"] for t in tools])}
     graph = create_agent(
         decision.model,
         tools,

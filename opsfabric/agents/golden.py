@@ -222,6 +222,35 @@ def run_scenario(scenario: Scenario, config: AgentsSettings, workdir: Path, *, b
     return ScenarioRun(scenario, result, verdict, seconds, cost, outcome)
 
 
+def is_deterministic(config: AgentsSettings) -> bool:
+    """The offline planner has one answer per request: one trial is its whole distribution."""
+    return not hasattr(config.model, "seed")
+
+
+def run_trials(scenario: Scenario, config: AgentsSettings, workdir: Path, *, trials: int = 1, seed: int = 0,
+               max_trials: int | None = None, threshold: float | None = None, min_trials: int = 3, **kwargs: Any) -> Any:
+    """``trials`` runs of one scenario with seeds ``seed .. seed+trials-1`` (one run for a deterministic model).
+
+    With ``max_trials``, up to that many runs, stopping once at least ``min_trials`` ran and the
+    Wilson interval of the pass rate lies wholly above or below ``threshold`` (the gate's
+    threshold for this scenario). Returns :class:`opsfabric.agents.trials.ScenarioTrials`.
+    """
+    from opsfabric.agents.trials import early_decision, summarise_trials
+
+    deterministic = is_deterministic(config)
+    planned = 1 if deterministic else (max_trials or trials)
+    runs, seeds, stopped = [], [], None
+    for i in range(planned):
+        trial_seed = None if deterministic else seed + i
+        runs.append(run_scenario(scenario, config, workdir / f"trial-{i}", seed=trial_seed, **kwargs))
+        seeds.append(trial_seed)
+        if max_trials and threshold is not None and len(runs) >= min_trials and len(runs) < planned:
+            stopped = early_decision(sum(r.verdict.passed for r in runs), len(runs), threshold)
+            if stopped:
+                break
+    return summarise_trials(scenario.id, runs, seeds, planned, stopped)
+
+
 def run_suite(folder: Path, config: AgentsSettings, **kwargs: Any) -> list[ScenarioRun]:
     """Every scenario of ``folder``, each in its own temporary state."""
     runs = []

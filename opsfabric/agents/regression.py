@@ -1,133 +1,236 @@
-"""The golden-trace regression suite as plain functions: summarise, compare with the last run, log.
+"""The golden-trace regression suite as plain functions: trials, summaries, baselines per identity, the gate, logging.
 
-``flows/agent_regression.py`` wires these; the gate is :func:`check_regressions`: a scenario that
-passed in the baseline and does not pass now, or a scenario absent from the baseline (a new one, or
-every one on the first run) that does not pass, fails the run, naming it and what changed. The
-baseline is saved only when the gate passes, so a regression keeps failing until it is fixed or
-its golden is re-approved.
+``flows/agent_regression.py`` wires these. Each scenario runs ``K`` times (one run for the
+deterministic offline planner); its passes, pass@k, pass^k, Wilson interval and trajectory classes
+are summarised (:mod:`opsfabric.agents.trials`); the gate (:mod:`opsfabric.agents.regression_gate`)
+compares the pass counts with the baseline **of the same configuration identity** (model, digest,
+prompt, tool descriptions, temperature) under a one-sided exact test, and names the test, the
+counts and the p-value of every scenario it fails. The baseline is saved only when the gate passes,
+so a regression keeps failing until it is fixed or its golden is re-approved.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from opsfabric.agents.errors import AgentError
-from opsfabric.agents.golden import ScenarioRun, regressions
+from opsfabric.agents.errors import AgentError, GoldenError
+from opsfabric.agents.golden import ScenarioRun
+from opsfabric.agents.regression_gate import GateDecision, GatePolicy, Quarantine, decide, identity_key, identity_of  # noqa: F401 (decide: the flow's gate)
+from opsfabric.agents.trials import ScenarioTrials, percentile, suite_figures, summarise_trials
 
 EXPERIMENT = "agent-regression"
 
 
 class RegressionError(AgentError):
-    """Scenarios that passed in the previous run fail now."""
+    """The gate found a regression (or a new scenario below its floor)."""
 
 
 @dataclass
 class SuiteReport:
-    """What one replay of the suite found."""
+    """What one run of the suite found."""
 
     rows: list[dict[str, Any]]
-    statuses: dict[str, str]
+    statuses: dict[str, str]  # pass (every trial) | fail (none) | flaky (some) | schema_drift
     diffs: dict[str, str]
     traces: dict[str, dict[str, Any]]
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    trials: list[ScenarioTrials] = field(default_factory=list)
+    k: int = 1
 
     @property
     def pass_rate(self) -> float:
+        """Share of scenarios whose every trial passed (with K=1: the share that passed)."""
         return sum(s == "pass" for s in self.statuses.values()) / len(self.statuses) if self.statuses else 0.0
+
+    @property
+    def counts(self) -> dict[str, tuple[int, int]]:
+        return {t.scenario: (t.passes, t.trials) for t in self.trials}
 
 
 def summarise_runs(runs: list[ScenarioRun]) -> SuiteReport:
-    """Rows for a table artifact, verdicts, diffs and traces, and the metrics to log."""
+    """A report of one run per scenario (``K = 1``)."""
+    return summarise_trial_results([summarise_trials(r.scenario.id, [r], [None], 1) for r in runs], k=1)
+
+
+def _status(t: ScenarioTrials) -> str:
+    if any(r.verdict.status == "schema_drift" for r in t.runs):
+        return "schema_drift"
+    return "pass" if t.passes == t.trials else ("fail" if t.passes == 0 else "flaky")
+
+
+def summarise_trial_results(results: list[ScenarioTrials], k: int) -> SuiteReport:
+    """Rows for a table artifact, statuses, diffs (the first failing trial's, else the first's), traces and metrics."""
     rows, statuses, diffs, traces = [], {}, {}, {}
-    for run in runs:
-        sid, v = run.scenario.id, run.verdict
-        statuses[sid] = v.status
-        diffs[sid] = v.render_diff()
-        if run.result.trace is not None:
-            traces[sid] = run.result.trace
+    for t in results:
+        statuses[t.scenario] = _status(t)
+        shown = next((r for r in t.runs if not r.verdict.passed), t.runs[0])
+        diffs[t.scenario] = shown.verdict.render_diff()
+        if shown.result.trace is not None:
+            traces[t.scenario] = shown.result.trace
+        st = t.stats(k)
+        kk = min(k, t.trials)
+        v = shown.verdict
         rows.append({
-            "scenario": sid,
-            "verdict": v.status,
+            "scenario": t.scenario,
+            "verdict": statuses[t.scenario],
+            "passes": f"{t.passes}/{t.trials}",
+            f"pass@{kk}": round(st[f"pass@{kk}"], 3),
+            f"pass^{kk}": round(st[f"pass^{kk}"], 3),
+            "wilson 95%": f"{st['wilson_low']:.2f}-{st['wilson_high']:.2f}",
+            "classes": len(t.classes),
             "f1": round(v.score.f1, 3),
-            "precision": round(v.score.precision, 3),
-            "recall": round(v.score.recall, 3),
-            "run status": run.result.status,
-            "stop reason": run.result.stop_reason or "",
-            "latency s": round(run.seconds, 3),
-            "cost usd": round(run.cost_usd, 6),
+            "run status": shown.result.status,
+            "stop reason": shown.result.stop_reason or "",
+            "latency s (median)": round(statistics.median(t.seconds), 3),
+            "cost usd (median)": round(statistics.median(t.costs), 6),
             "first divergence": "" if v.first_divergence is None else v.first_divergence.render().strip(),
             "why": "; ".join([*v.reasons, *v.drift])[:300],
         })
-    seconds = sum(r.seconds for r in runs)
-    report = SuiteReport(rows, statuses, diffs, traces, seconds)
+    seconds = sum(s for t in results for s in t.seconds)
+    report = SuiteReport(rows, statuses, diffs, traces, seconds, trials=results, k=k)
+    figures = suite_figures(results, k)
     report.metrics = {
         "pass_rate": round(report.pass_rate, 6),
-        "scenarios": float(len(runs)),
         "failed": float(sum(s == "fail" for s in statuses.values())),
         "schema_drift": float(sum(s == "schema_drift" for s in statuses.values())),
-        "mean_f1": round(sum(r.verdict.score.f1 for r in runs) / len(runs), 6) if runs else 0.0,
+        "mean_f1": round(statistics.fmean(r.verdict.score.f1 for t in results for r in t.runs), 6) if results else 0.0,
         "suite_seconds": round(seconds, 3),
-        "total_cost_usd": round(sum(r.cost_usd for r in runs), 6),
-        **{f"latency_s.{r.scenario.id}": round(r.seconds, 4) for r in runs},
-        **{f"cost_usd.{r.scenario.id}": round(r.cost_usd, 6) for r in runs},
+        "total_cost_usd": round(sum(c for t in results for c in t.costs), 6),
+        "k": float(k),
+        **{name.replace("^", "_hat_"): round(value, 6) for name, value in figures.items()},
+        **{f"latency_s.{t.scenario}": round(statistics.median(t.seconds), 4) for t in results},
+        **{f"cost_usd.{t.scenario}": round(statistics.median(t.costs), 6) for t in results},
+        **{f"pass_rate.{t.scenario}": round(t.rate, 6) for t in results},
     }
     return report
 
 
-def load_previous_verdicts(path: Path) -> dict[str, str]:
-    """Verdicts of the previous run (empty before the first run)."""
+def render_trials(report: SuiteReport, *, classes: bool = True) -> str:
+    """The per-scenario table a terminal shows: passes/K, pass@k, pass^k, Wilson interval, and the classes seen."""
+    k = report.k
+    lines = [f"{'scenario':34} {'passes':>7} {'pass@k':>7} {'pass^k':>7} {'wilson 95%':>11}  classes"]
+    for t in report.trials:
+        st, kk = t.stats(k), min(k, t.trials)
+        early = f" (stopped early: {t.stopped_early}, {t.planned - t.trials} trials saved)" if t.stopped_early else ""
+        lines.append(f"{t.scenario:34} {t.passes:>3}/{t.trials:<3} {st[f'pass@{kk}']:>7.3f} {st[f'pass^{kk}']:>7.3f} "
+                     f"{st['wilson_low']:>5.2f}-{st['wilson_high']:<5.2f}  {len(t.classes)}{' FLAKY' if t.flaky else ''}{early}")
+        if classes and (len(t.classes) > 1 or t.passes < t.trials):
+            for c in t.classes:
+                lines.append(f"    {c.count}x {'pass' if c.passed else 'FAIL'}  {c.key[:150]}")
+    m = report.metrics
+    lines.append(f"suite: {int(m['scenarios'])} scenarios, K={k}, {int(m['trials'])} trials ({int(m['trials_saved'])} saved by early "
+                 f"stopping), mean pass^{k} {m[f'mean_pass_hat_{k}']:.3f}, mean pass rate {m['mean_pass_rate']:.3f}, flaky {int(m['flaky'])}, "
+                 f"latency per trial median {m['latency_s_median']:.2f} s / p90 {m['latency_s_p90']:.2f} s, "
+                 f"cost per trial median ${m['cost_usd_median']:.4f} / p90 ${m['cost_usd_p90']:.4f}, tokens {int(m['tokens_total'])}")
+    return "\n".join(lines)
+
+
+# ---- baselines per configuration identity ------------------------------------------------------
+def suite_identity(config: Any) -> dict[str, Any]:
+    """The identity of the configuration the suite judges (what a baseline is kept for)."""
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from opsfabric.agents.agent import make_model
+    from opsfabric.agents.prompts import tools_digest
+    from opsfabric.agents.tools import TOOL_SPECS, make_tools
+
+    decision = make_model(config.model)
+    unused = type("NoBackend", (), {spec.name: staticmethod(lambda **_: {}) for spec in TOOL_SPECS})()  # only the schemas are read
+    tools = [convert_to_openai_tool(t)["function"] for t in make_tools(unused, TOOL_SPECS)]
+    return identity_of({**decision.labels, "opsfabric.tools.sha256": tools_digest(tools)}, decision.name)
+
+
+def baseline_path(folder: Path, identity: dict[str, Any]) -> Path:
+    return folder / "baselines" / f"{identity_key(identity)}.json"
+
+
+def load_baseline(path: Path) -> dict[str, tuple[int, int]]:
+    """Per scenario (passes, trials) of the baseline at ``path`` (empty before the first passing run)."""
     if not path.exists():
         return {}
     try:
-        return dict(json.loads(path.read_text())["verdicts"])
+        data = json.loads(path.read_text())
+        return {sid: (int(v["passes"]), int(v["trials"])) for sid, v in data["scenarios"].items()}
     except (ValueError, KeyError, TypeError) as exc:
-        raise AgentError(f"{path}: unreadable previous verdicts ({exc})", hint="delete the file to start a new baseline") from None
+        raise AgentError(f"{path}: unreadable regression baseline ({exc})", hint="delete the file to start a new baseline for this configuration") from None
 
 
-def save_verdicts(path: Path, report: SuiteReport) -> Path:
+def save_baseline(path: Path, identity: dict[str, Any], report: SuiteReport) -> Path:
     from opsfabric.files import write_atomic
 
-    # a kill mid-write leaves the old baseline, never half a file
-    return write_atomic(path, json.dumps({"verdicts": report.statuses, "pass_rate": report.pass_rate}, indent=2, sort_keys=True))
+    body = {"identity": identity, "k": report.k, "pass_rate": report.pass_rate,
+            "scenarios": {t.scenario: {"passes": t.passes, "trials": t.trials} for t in report.trials}}
+    return write_atomic(path, json.dumps(body, indent=2, sort_keys=True))  # a kill mid-write keeps the old baseline
 
 
-def new_failures(previous: dict[str, str], current: dict[str, str]) -> list[str]:
-    """Scenarios absent from the baseline (new ones; all of them without a baseline) that do not pass."""
-    return sorted(s for s, status in current.items() if s not in previous and status != "pass")
+def load_quarantine(path: Path, known: set[str]) -> dict[str, Quarantine]:
+    """The reviewed quarantine entries; a bad entry is a named error (file, entry, field)."""
+    import yaml
+
+    if not path.exists():
+        return {}
+    try:
+        entries = (yaml.safe_load(path.read_text()) or {}).get("quarantine") or []
+    except yaml.YAMLError as exc:
+        raise GoldenError(f"{path}: not valid YAML: {exc}") from None
+    out = {}
+    for i, e in enumerate(entries):
+        missing = [k for k in ("scenario", "reason", "owner", "expires") if not isinstance(e, dict) or not e.get(k)]
+        if missing:
+            raise GoldenError(f"{path}: quarantine[{i}] lacks {missing}", hint="each entry needs scenario, reason, owner and expires (YYYY-MM-DD)")
+        if e["scenario"] not in known:
+            raise GoldenError(f"{path}: quarantine[{i}] names unknown scenario {e['scenario']!r}")
+        expires = e["expires"] if isinstance(e["expires"], date) else None
+        if expires is None:
+            try:
+                expires = date.fromisoformat(str(e["expires"]))
+            except ValueError:
+                raise GoldenError(f"{path}: quarantine[{i}].expires {e['expires']!r} is not a date (YYYY-MM-DD)") from None
+        out[e["scenario"]] = Quarantine(e["scenario"], str(e["reason"]), str(e["owner"]), expires)
+    return out
 
 
-def check_regressions(previous: dict[str, str], report: SuiteReport) -> None:
-    """Raise :class:`RegressionError` naming every scenario that passed in the baseline and does not now,
-    and every scenario absent from the baseline that does not pass (no free pass for new scenarios)."""
-    lost = regressions(previous, report.statuses)
-    new = new_failures(previous, report.statuses)
-    if lost or new:
-        parts = []
-        if lost:
-            parts.append(f"{len(lost)} scenario(s) passed in the baseline and fail now: {', '.join(lost)}")
-        if new:
-            parts.append(f"{len(new)} scenario(s) without a baseline verdict do not pass: {', '.join(new)}")
-        details = "\n".join(f"--- {sid}\n{report.diffs[sid]}" for sid in [*lost, *new])
-        raise RegressionError("; ".join(parts) + f"\n{details}",
-                              hint="fix the agent, or if the change is intended: python -m flows.agent_regression record <id>, review, approve <id>")
+def gate_policy(config: Any) -> GatePolicy:
+    from opsfabric.agents.golden import is_deterministic
+
+    r = config.regression
+    return GatePolicy(alpha=r.alpha, min_effect=r.min_effect, suite_min_effect=r.suite_min_effect, new_floor=r.new_floor,
+                      correction=r.correction, deterministic=is_deterministic(config))
 
 
-def suite_markdown(report: SuiteReport, previous: dict[str, str]) -> str:
-    """A short markdown summary (pass rate, regressions, failures with their first divergence)."""
-    lost = regressions(previous, report.statuses)
-    lines = [f"# Agent golden-trace regression: {report.pass_rate:.1%} pass ({len(report.statuses)} scenarios, {report.seconds:.1f} s)", ""]
-    if lost:
-        lines += [f"**Regressions (passed in the baseline):** {', '.join(lost)}", ""]
-    new = new_failures(previous, report.statuses)
-    if new:
-        lines += [f"**Failing without a baseline verdict:** {', '.join(new)}", ""]
+def thresholds(baseline: dict[str, tuple[int, int]], policy: GatePolicy) -> dict[str, float]:
+    """Per scenario, the pass rate at which the gate's verdict flips (for early stopping)."""
+    return {sid: max(0.0, c / n - policy.min_effect) for sid, (c, n) in baseline.items() if n}
+
+
+def check_gate(decision: GateDecision, report: SuiteReport) -> None:
+    """Raise :class:`RegressionError` naming every scenario the gate failed, its test, counts and p-value, and its diff."""
+    if decision.passed:
+        return
+    failing = [s.scenario for s in decision.scenarios if s.verdict in ("regressed", "below_floor")]
+    details = "\n".join(f"--- {sid}\n{report.diffs[sid]}" for sid in failing)
+    raise RegressionError("regression gate failed:\n" + "\n".join(f"  {r}" for r in decision.reasons) + f"\n{details}",
+                          hint="fix the agent, or if the change is intended: python -m flows.agent_regression record <id>, review, approve <id>; "
+                          "a known flaky scenario can be quarantined (agents.regression.quarantine_file) with an owner and an expiry")
+
+
+def suite_markdown(report: SuiteReport, decision: GateDecision | None = None) -> str:
+    """A short markdown summary (pass rate, gate reasons, failures with their first divergence)."""
+    m = report.metrics
+    lines = [f"# Agent golden-trace regression: {report.pass_rate:.1%} of scenarios pass every trial ({len(report.statuses)} scenarios, "
+             f"K={report.k}, {report.seconds:.1f} s)", "",
+             f"mean pass^{report.k} {m.get(f'mean_pass_hat_{report.k}', float('nan')):.3f}, flaky {int(m.get('flaky', 0))}", ""]
+    if decision is not None and not decision.passed:
+        lines += ["**Gate failed:**", "", *[f"- {r}" for r in decision.reasons], ""]
     for row in report.rows:
         if row["verdict"] != "pass":
-            lines += [f"## {row['scenario']}: {row['verdict']}", "", "```", report.diffs[row["scenario"]], "```", ""]
+            lines += [f"## {row['scenario']}: {row['verdict']} ({row['passes']})", "", "```", report.diffs[row["scenario"]], "```", ""]
     return "\n".join(lines)
 
 

@@ -81,6 +81,21 @@ class EndpointModelSettings(_Section):
 DecisionModelSettings = Annotated[Union[OfflinePlannerSettings, EndpointModelSettings], Field(discriminator="kind")]
 
 
+class RegressionSettings(_Section):
+    """The golden suite's trials and its statistical gate (``opsfabric.agents.regression_gate``)."""
+
+    trials: int = Field(default=1, ge=1, description="Trials per scenario (K); seeds seed..seed+K-1 go to the model. The offline planner is deterministic: 1.")
+    seed: int = Field(default=0, description="First seed of the trials.")
+    max_trials: int | None = Field(default=None, ge=1, description="Adaptive sampling: up to this many trials, stopping a scenario once its "
+                                   "Wilson interval is clearly above or below the gate's threshold; null: exactly `trials`.")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="A drop in pass rate is a regression when its one-sided exact test is below this.")
+    min_effect: float = Field(default=0.2, ge=0, le=1, description="... and the scenario's pass rate dropped by at least this much.")
+    suite_min_effect: float = Field(default=0.05, ge=0, le=1, description="The same for the pooled suite pass rate.")
+    new_floor: float = Field(default=0.8, ge=0, le=1, description="A scenario without a baseline must pass at least this share of its trials.")
+    correction: Literal["holm", "none"] = Field(default="holm", description="Multiple-comparison correction over the scenarios.")
+    quarantine_file: str = Field(default="data/golden/agent_quarantine.yaml", description="Reviewed quarantine entries (reason, owner, expiry).")
+
+
 def _default_profiles() -> dict[str, ProfileSettings]:
     return {
         "operator": ProfileSettings(tools=[*READ_ONLY_TOOLS, *RISKY_TOOLS]),
@@ -101,6 +116,7 @@ class AgentsSettings(_Section):
         "its own reason; this limit is the backstop.")
     loop_max_repeats: int = Field(default=2, ge=1, description="A (tool, canonical arguments) pair proposed more often than this is a loop.")
     golden_dir: str = Field(default="data/golden/agent", description="Scenario files of the regression suite (git + DVC dep).")
+    regression: RegressionSettings = Field(default_factory=RegressionSettings)
     metrics_path: str = Field(default="metrics/agent_regression.json", description="DVC metrics of the suite (stage agent_regression).")
     report_dir: str = Field(default="reports/agent_regression", description="DVC output: per-scenario diffs and verdicts.")
     sqlite_busy_timeout_seconds: float = Field(default=30.0, gt=0)

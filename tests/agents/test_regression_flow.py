@@ -43,29 +43,32 @@ def test_flow_logs_results_and_fails_when_a_passing_scenario_regresses(prefect_a
     data = yaml.safe_load(path.read_text())
     data["expect"]["trajectory"]["calls"][0]["args"]["version_b"] = 4
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    baseline = (tmp_path / "state" / "agents" / "regression" / "verdicts.json").read_text()
+    baselines = list((tmp_path / "state" / "agents" / "regression" / "baselines").glob("*.json"))
+    assert len(baselines) == 1  # one baseline, for this configuration identity (the offline planner)
+    baseline = baselines[0].read_text()
+    assert '"model": "offline-planner"' in baseline
     for _ in range(3):  # not once: every run fails until the agent is fixed or the golden re-approved
         with pytest.raises(RegressionError, match=r"compare_2_3") as err:
             agent_regression_flow(config_files=[str(overlay)])
+        assert "deterministic model: passed in the baseline (1/1), fails now (0/1)" in str(err.value)
         assert "first divergence: expected step 0, actual step 0: changed" in str(err.value)
         assert "argument version_b: 3 != expected 4" in str(err.value)
-        assert (tmp_path / "state" / "agents" / "regression" / "verdicts.json").read_text() == baseline  # a failing run is no baseline
+        assert baselines[0].read_text() == baseline  # a failing run is no baseline
 
 
 @pytest.mark.unit
-def test_gate_fails_new_and_unbaselined_failures_and_regressions():
-    from opsfabric.agents.regression import SuiteReport, check_regressions
+def test_a_baseline_is_kept_per_configuration_identity(tmp_path):
+    # the planner with other thresholds is another identity: it never inherits this baseline
+    from opsfabric.agents import regression
+    from opsfabric.agents.settings import AgentsSettings
 
-    def report(statuses):
-        return SuiteReport([], statuses, {s: f"diff of {s}" for s in statuses}, {}, 0.0)
-
-    check_regressions({}, report({"a": "pass"}))  # first run, all pass
-    with pytest.raises(RegressionError, match=r"without a baseline verdict do not pass: b"):
-        check_regressions({}, report({"a": "pass", "b": "fail"}))  # first run: no free pass
-    with pytest.raises(RegressionError, match=r"without a baseline verdict do not pass: c"):
-        check_regressions({"a": "pass"}, report({"a": "pass", "c": "schema_drift"}))  # a new scenario
-    with pytest.raises(RegressionError, match=r"passed in the baseline and fail now: a"):
-        check_regressions({"a": "pass"}, report({"a": "fail"}))
+    planner = regression.suite_identity(AgentsSettings())
+    assert planner["model"] == "offline-planner"
+    assert regression.identity_key(planner) == regression.identity_key(regression.suite_identity(AgentsSettings()))
+    tuned = regression.suite_identity(AgentsSettings(model={"kind": "offline", "min_similarity": 0.5}))
+    assert regression.identity_key(tuned) != regression.identity_key(planner)
+    folder = tmp_path / "regression"
+    assert regression.baseline_path(folder, planner).parent == folder / "baselines"
 
 
 @pytest.mark.flows
