@@ -357,7 +357,7 @@ def endpoint_identity(base_url: str, model: str) -> dict[str, Any]:
 
     labels = probe_identity(base_url, model)
     if str(labels.get("opsfabric.server", "")).startswith("unreachable"):
-        labels = probe_identity.__wrapped__(base_url, model)
+        labels = getattr(probe_identity, "__wrapped__", probe_identity)(base_url, model)  # past the cache
     return dict(labels)
 
 
