@@ -102,8 +102,10 @@ def make_model(config: OfflinePlannerSettings | EndpointModelSettings) -> Decisi
     else:
         from langchain_openai import ChatOpenAI
 
+        # max_tokens in the body: langchain-openai sends its own max_tokens as max_completion_tokens, which
+        # llama-cpp-python ignores (the reply then runs to the end of the context)
         model = ChatOpenAI(base_url=config.base_url, model=config.model, api_key=key, temperature=config.temperature,
-                           timeout=config.timeout_seconds, max_retries=0, seed=config.seed, max_tokens=config.max_tokens)
+                           timeout=config.timeout_seconds, max_retries=0, seed=config.seed, extra_body={"max_tokens": config.max_tokens})
     labels = {**probe_identity(config.base_url, config.model), "gen_ai.request.temperature": config.temperature,
               "gen_ai.request.seed": config.seed, "opsfabric.tool_calling": config.tool_calling,
               "opsfabric.prompt.version": prompt.label, "opsfabric.prompt.sha256": prompt.sha256[:16],

@@ -8,7 +8,6 @@ requested model name is labelled so: llama-cpp-python then silently answers with
 
 from __future__ import annotations
 
-import functools
 import json
 import urllib.error
 import urllib.request
@@ -20,7 +19,9 @@ def _get_json(url: str, timeout: float) -> Any:
         return json.loads(response.read())
 
 
-@functools.lru_cache(maxsize=32)
+_KNOWN: dict[tuple[str, str], dict[str, Any]] = {}  # answers of reachable servers, per process (an unreachable one is asked again)
+
+
 def probe_identity(base_url: str, model: str, timeout: float = 5.0) -> dict[str, Any]:
     """Labels of ``model`` at ``base_url`` (never raises: an unreachable endpoint is labelled so).
 
@@ -29,6 +30,8 @@ def probe_identity(base_url: str, model: str, timeout: float = 5.0) -> dict[str,
     ``opsfabric.server`` (name and version) and ``opsfabric.server.url``; keys the server cannot
     tell are left out, never guessed.
     """
+    if (base_url, model) in _KNOWN:
+        return dict(_KNOWN[(base_url, model)])
     base = base_url.rstrip("/")
     labels: dict[str, Any] = {"gen_ai.request.model": model, "opsfabric.server.url": base}
     try:
@@ -58,4 +61,5 @@ def probe_identity(base_url: str, model: str, timeout: float = 5.0) -> dict[str,
         })
     else:
         labels["opsfabric.server"] = "OpenAI-compatible endpoint (no model-info route: file and digest unknown)"
-    return {k: v for k, v in labels.items() if v is not None}
+    _KNOWN[(base_url, model)] = {k: v for k, v in labels.items() if v is not None}
+    return dict(_KNOWN[(base_url, model)])

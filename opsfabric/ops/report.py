@@ -115,6 +115,7 @@ class IndexStatus:
     scores: dict[str, float]
     decision: str
     eval_run: Link | None
+    answers_by: str = ""  # the model that wrote the evaluated answers (file and digest), or "extractive"
 
 
 @dataclass
@@ -267,7 +268,15 @@ def _index(state: OpsState, runs_by_id: dict[str, RunRecord]) -> IndexStatus | N
         scores={k: live.eval_scores[k] for k in RAG_HEADLINE if k in live.eval_scores},
         decision="; ".join(live.decision.get("reasons", [])) if live.decision else "",
         eval_run=_run_link(eval_run, state.links) if eval_run else (Link("eval run", live.eval_run_id) if live.eval_run_id else None),
+        answers_by=_answers_by(eval_run.tags) if eval_run else "",
     )
+
+
+def _answers_by(tags: dict[str, str]) -> str:
+    model = tags.get("rag.answer.model", "")
+    if not tags.get("rag.answer.model_file"):
+        return model
+    return f"{model} ({tags['rag.answer.model_file']} sha256:{tags.get('rag.answer.model_sha256', '')[:8]}…, {tags.get('rag.answer.server', '')})"
 
 
 def _agents(state: OpsState) -> AgentStatus | None:
@@ -447,7 +456,8 @@ def render_html(report: OpsReport, plots: dict[str, str] | None = None) -> str:
                 for d in report.drift]),
         "<h2>RAG: live index</h2>",
         (f"<p>Alias <b>{html.escape(i.alias)}</b> → <b>{html.escape(i.collection)}</b>, built {i.built_at}. "
-         + ", ".join(f"{k} {_fmt(v, '.4f')}" for k, v in i.scores.items()) + f"<br>Gate: {html.escape(i.decision)}<br>Eval run: {_a(i.eval_run)}</p>")
+         + ", ".join(f"{k} {_fmt(v, '.4f')}" for k, v in i.scores.items()) + f"<br>Gate: {html.escape(i.decision)}"
+         + (f"<br>Answers by: {html.escape(i.answers_by)}" if i.answers_by else "") + f"<br>Eval run: {_a(i.eval_run)}</p>")
         if i else f"<p>Live index: <em>{NONE_YET}</em></p>",
         _table(report.index_versions),
         "<h2>Agents: golden-trace regression</h2>",
@@ -484,7 +494,8 @@ def render_markdown(report: OpsReport, html_location: str | None = None) -> str:
     retrain = [d.batch for d in report.drift if d.retrain]
     drift = ", ".join(f"{d.batch} {_fmt(d.drift_share, '.2f')}" for d in report.drift) or NONE_YET
     drift += f"; retrain: {', '.join(retrain)}" if retrain else ""
-    index = f"{i.collection} (" + ", ".join(f"{k} {v:.3f}" for k, v in i.scores.items()) + ")" if i else NONE_YET
+    index = (f"{i.collection} (" + ", ".join(f"{k} {v:.3f}" for k, v in i.scores.items()) + ")"
+             + (f", answers by {i.answers_by}" if i.answers_by else "")) if i else NONE_YET
     agents = (f"pass rate {_fmt(a.pass_rate)} ({a.failed} failed of {a.scenarios})" + (f", decided by {a.model}" if a.model else "")
               + f", run {_md(a.run)}") if a else NONE_YET
     lines += ["", "## Status", "", "| | |", "|---|---|", f"| ML champion | {champion} |", f"| drift share per batch | {drift} |",

@@ -132,3 +132,20 @@ def test_ctrl_c_stops_the_server_and_a_second_start_on_the_same_state_is_refused
     assert again.returncode == 2 and "a local model server already runs from this state folder" in again.stderr
     process.send_signal(signal.SIGINT)
     assert _gone(process, info) and process.returncode == 0
+
+
+def test_labels_come_from_the_server_that_answers_and_an_unreachable_one_is_asked_again(make_settings):
+    from opsfabric.llm.identity import probe_identity
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    assert probe_identity(url, "smollm2-135m-instruct")["opsfabric.server"].startswith("unreachable at probe time")
+    server = start_server(make_settings(llm={"server": {"port": port}}))
+    try:
+        labels = probe_identity(url, "smollm2-135m-instruct")  # not the cached "unreachable"
+        assert labels["opsfabric.model.file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and len(labels["opsfabric.model.sha256"]) == 64
+        assert labels["opsfabric.server"].startswith("llama-cpp-python ")
+        unknown = probe_identity(url, "gpt-4o-mini")  # llama-cpp-python answers an unknown name with its default model: said so
+        assert unknown["opsfabric.model.served"] == "smollm2-135m-instruct" and "does not serve 'gpt-4o-mini'" in unknown["opsfabric.model.note"]
+    finally:
+        server.stop()

@@ -190,3 +190,12 @@ def test_the_agent_section_names_the_model_that_decided():
     report = R.build_report(model)
     expected = "smollm2-135m-instruct (SmolLM2-135M-Instruct.Q4_1.gguf sha256:b179c952…, llama-cpp-python 0.3.36, T=0.0, seed 0)"
     assert expected in R.render_markdown(report) and expected in R.render_html(report, {})
+
+
+@pytest.mark.unit
+def test_the_index_section_names_what_wrote_the_evaluated_answers():
+    generated = R._answers_by({"rag.answer.model": "smollm2-135m-instruct", "rag.answer.model_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                               "rag.answer.model_sha256": "b179c9523d0e", "rag.answer.server": "llama-cpp-python 0.3.36 at http://127.0.0.1:8089/v1"})
+    assert generated == "smollm2-135m-instruct (SmolLM2-135M-Instruct.Q4_1.gguf sha256:b179c952…, llama-cpp-python 0.3.36 at http://127.0.0.1:8089/v1)"
+    extractive = "none: extractive answers (retrieved sentences, no language model)"
+    assert R._answers_by({"rag.answer.model": extractive}) == extractive
