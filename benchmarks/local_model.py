@@ -126,6 +126,19 @@ def complete(base_url: str, model: str, prompt: str, max_tokens: int) -> tuple[f
     return seconds, response.json().get("usage") or {}
 
 
+def code_version() -> str:
+    """The checkout's commit, and how many tracked files differ from it (what these figures were measured on)."""
+    import subprocess
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown (no git)"
+    changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
+    return f"commit {commit}" + (f" + uncommitted changes in {len(changed)} tracked file(s)" if changed else " (clean)")
+
+
 def corpus_text() -> str:
     parts = [p.read_text(errors="replace") for p in sorted((ROOT / "data" / "corpus").rglob("*")) if p.suffix in (".md", ".txt")]
     return re.sub(r"\s+", " ", " ".join(parts))
@@ -286,8 +299,12 @@ def run_config(name: str, config: Any, scenarios: list[Any], tmp: Path, *, base_
             print(f"  ({name}: the warm-up request failed: {type(exc).__name__}: {str(exc)[:160]})")
     attrs = agent.labels
     if "opsfabric.model.file" in attrs:
+        m = config.model
         label_text = label(attrs) + (f"; prompt {attrs.get('opsfabric.prompt.version')} sha256:{attrs.get('opsfabric.prompt.sha256')}"
-                                     f", tool_calling {attrs.get('opsfabric.tool_calling')}, few_shot {attrs.get('opsfabric.prompt.few_shot')}")
+                                     f", tool_calling {attrs.get('opsfabric.tool_calling')}, few_shot {attrs.get('opsfabric.prompt.few_shot')}"
+                                     f", max_tokens {m.max_tokens}"
+                                     + (f", cache_warmup {getattr(m, 'cache_warmup', 'n/a')}" if m.tool_calling == "json_schema" else "")
+                                     + f", timeout {m.timeout_seconds:g} s")
     else:
         label_text = attrs.get("opsfabric.model.kind", "offline planner")
     run = ConfigRun(name, label_text)
@@ -486,7 +503,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start; "
-          f"Python {sys.version.split()[0]}")
+          f"Python {sys.version.split()[0]}; code: {code_version()}")
     print("These are the figures of a 135M (SmolLM2) and a 270M base (Gemma-3) model on this machine, not what a "
           "deployment's model would score or how fast it would run.")
     scenarios = spread([load_scenario(p) for p in scenario_files(ROOT / "data" / "golden" / "agent")], args.requests or 10**6)
