@@ -204,6 +204,8 @@ def serve_control_room(settings: Settings, port: int | None = None, ready: threa
 
             local_llm = start_local_llm(settings, stopping=stopping)
             children.append(local_llm.child)
+            if stopping.is_set():  # Ctrl-C while the model server started: no worker, no "ready"
+                return 0
             info = read_control_room(settings.state_dir) or {}
             info.setdefault("groups", {})["local_llm"] = local_llm.record()
             write_atomic(state, json.dumps(info))
@@ -273,8 +275,10 @@ def main(argv: list[str]) -> int:
     if args.command == "stop":
         from opsfabric.llm.launcher import stop_local_server
 
-        print(stop_control_room(settings))
-        print(stop_local_server(settings) or "no local model server is running")
+        print(stop_control_room(settings))  # stops a model server the control room started, with it
+        stopped = stop_local_server(settings)
+        if stopped:
+            print(stopped)
         return 0
     return serve_control_room(settings, args.port)
 

@@ -133,6 +133,14 @@ DEPLOYMENTS: list[DeploymentSpec] = [
         tags=("agents", "evaluation"),
     ),
     DeploymentSpec(
+        name="agent-compare",
+        entrypoint="flows.agent_regression.agent_compare_flow",
+        parameters={"config_a": "configs/profiles/local-llm.yaml", "config_b": "configs/profiles/local-llm.yaml,configs/profiles/local-llm-no-examples.yaml", "trials": 5},
+        description="Two agent configurations side by side on the golden scenarios with the same seeds: exact McNemar test per "
+        "scenario, the suite effect with its bootstrap interval, cost per passing trial (MLflow experiment opsfabric-agent-compare).",
+        tags=("agents", "evaluation"),
+    ),
+    DeploymentSpec(
         name="agent-ask",
         entrypoint="flows.agent.agent_ask_flow",
         parameters={"request": "show the index status"},

@@ -59,11 +59,14 @@ def publish_results(settings: Settings, report: regression.SuiteReport, decision
 
 
 @task(name="gate-on-regressions", cache_policy=NO_CACHE)
-def gate_on_regressions(settings: Settings, report: regression.SuiteReport, decision: Any, identity: dict[str, Any]) -> None:
-    """Fail on a regression or a new scenario below its floor; only a run that passes the gate becomes the next
-    baseline (of this configuration identity), so a regression keeps failing until fixed or re-approved."""
+def gate_on_regressions(settings: Settings, report: regression.SuiteReport, decision: Any, identity: dict[str, Any],
+                        baseline: dict[str, tuple[int, int]]) -> None:
+    """Fail on a regression or a new scenario below its floor; only a run that passes the gate updates the baseline
+    (of this configuration identity, and only upwards), so a regression keeps failing until fixed or re-approved."""
+    for note in decision.notes:
+        get_run_logger().warning("regression gate: %s", note)
     regression.check_gate(decision, report)
-    regression.save_baseline(regression.baseline_path(regression_folder(settings), identity), identity, report)
+    regression.save_baseline(regression.baseline_path(regression_folder(settings), identity), identity, report, baseline)
 
 
 # ---- the agent as a flow: approvals through Prefect's pause/resume form -----------------------------
@@ -129,3 +132,56 @@ def publish_trace(settings: Settings, trace: dict[str, Any]) -> str:
                    tags={"prefect.flow_run_id": str(flow_run.get_id() or "")})
     create_markdown_artifact(render_timeline(trace), key="agent-trace", description=f"Agent run timeline ({trace['status']})")
     return str(path)
+
+
+# ---- two configurations side by side ---------------------------------------------------------------
+
+@task(name="compare-agent-configs", cache_policy=NO_CACHE)
+def compare_configs(settings_a: Settings, settings_b: Settings, trials: int, seed: int) -> Any:
+    """Every scenario of A's golden folder under both configurations, paired by seed, alternating which side runs first."""
+    import tempfile
+
+    from opsfabric.agents.compare import Comparison, pair, run_side
+    from opsfabric.agents.golden import load_scenario, scenario_files
+    from opsfabric.agents.regression import suite_identity
+
+    paired, cost = [], {"a": 0.0, "b": 0.0}
+    with tempfile.TemporaryDirectory(prefix="agent-compare-") as tmp:
+        for i, path in enumerate(scenario_files(settings_a.path(settings_a.agents.golden_dir))):
+            scenario = load_scenario(path)
+            sides = [("a", settings_a), ("b", settings_b)] if i % 2 == 0 else [("b", settings_b), ("a", settings_a)]
+            runs = {}
+            for name, settings in sides:
+                runs[name] = run_side(scenario, settings.agents, Path(tmp) / name / scenario.id, trials, seed)
+                cost[name] += sum(r.cost_usd for r in runs[name])
+            paired.append(pair(scenario.id, runs["a"], runs["b"]))
+    comparison = Comparison(paired, trials, seed, suite_identity(settings_a.agents), suite_identity(settings_b.agents), cost["a"], cost["b"])
+    get_run_logger().info("compared %d scenarios, K=%d: A %.3f, B %.3f, McNemar p=%.4f", len(paired), trials,
+                          comparison.rate("a"), comparison.rate("b"), comparison.suite_p_value)
+    return comparison
+
+
+@task(name="publish-comparison", cache_policy=NO_CACHE)
+def publish_comparison(settings: Settings, comparison: Any, name_a: str, name_b: str) -> str:
+    """One MLflow parent run with a child per side, and a Prefect table artifact; returns the parent run id."""
+    import json
+
+    from opsfabric.tracking import mlflow_run
+
+    lineage = Lineage(git_commit=git_commit(), flow_run_id=flow_run.get_id(), flow_run_url=flow_run.get_flow_run_ui_url(),
+                      data_md5={"agent_golden": suite_digest(settings.path(settings.agents.golden_dir))})
+    diff, low, high = comparison.effect()
+    with mlflow_run(settings, "agent-compare", f"{name_a} vs {name_b}", lineage) as parent:
+        for key, value in {"effect_b_minus_a": diff, "effect_ci_low": low, "effect_ci_high": high, "mcnemar_p": comparison.suite_p_value,
+                           "a_only_pairs": comparison.a_only, "b_only_pairs": comparison.b_only, "trials": comparison.trials}.items():
+            parent.client.log_metric(parent.run_id, key, float(value))
+        parent.client.log_text(parent.run_id, json.dumps(comparison.table(), indent=2), "comparison.json")
+        parent.client.log_text(parent.run_id, comparison.render(name_a, name_b), "comparison.txt")
+        for side, name, labels in (("a", name_a, comparison.labels_a), ("b", name_b, comparison.labels_b)):
+            tags = {"mlflow.parentRunId": parent.run_id, "opsfabric.compare.side": side, **{k: str(v) for k, v in labels.items()}}
+            with mlflow_run(settings, "agent-compare", f"{side}: {name}", lineage, tags=tags) as child:
+                child.client.log_metric(child.run_id, "pass_rate", comparison.rate(side))
+                child.client.log_metric(child.run_id, "cost_per_passing_trial_usd", comparison.cost_per_pass(side))
+        create_table_artifact(comparison.table(), key="agent-compare",
+                              description=f"A = {name_a}, B = {name_b}: paired trials per scenario, exact McNemar p (MLflow run {parent.run_id})")
+        return parent.run_id

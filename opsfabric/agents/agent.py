@@ -98,7 +98,8 @@ def make_model(config: OfflinePlannerSettings | EndpointModelSettings) -> Decisi
 
         model: Any = JsonSchemaChatModel(base_url=config.base_url, model=config.model, api_key=key, prompt=prompt,
                                          temperature=config.temperature, seed=config.seed, max_tokens=config.max_tokens,
-                                         timeout_seconds=config.timeout_seconds, few_shot=config.few_shot)
+                                         timeout_seconds=config.timeout_seconds, few_shot=config.few_shot,
+                                         cache_warmup=config.cache_warmup)
     else:
         from langchain_openai import ChatOpenAI
 
@@ -106,7 +107,7 @@ def make_model(config: OfflinePlannerSettings | EndpointModelSettings) -> Decisi
         # llama-cpp-python ignores (the reply then runs to the end of the context)
         model = ChatOpenAI(base_url=config.base_url, model=config.model, api_key=key, temperature=config.temperature,
                            timeout=config.timeout_seconds, max_retries=0, seed=config.seed, extra_body={"max_tokens": config.max_tokens})
-    labels = {**probe_identity(config.base_url, config.model), "gen_ai.request.temperature": config.temperature,
+    labels = {**probe_identity(config.base_url, config.model, api_key=key), "gen_ai.request.temperature": config.temperature,
               "gen_ai.request.seed": config.seed, "opsfabric.tool_calling": config.tool_calling,
               "opsfabric.prompt.version": prompt.label, "opsfabric.prompt.sha256": prompt.sha256[:16],
               "opsfabric.prompt.few_shot": config.few_shot if config.tool_calling == "json_schema" else False,
@@ -317,7 +318,7 @@ def _resume_locked(agent: Agent, thread_id: str, decision: dict[str, Any], expec
     if not pending:
         if state.next:
             raise ThreadStateError(f"thread {thread_id} has no pending approval: it stopped mid-run before node "
-                                   f"{', '.join(state.next)} (an error during an earlier resume)",
+                                   f"{', '.join(state.next)} (an error during its run: a model server that stopped answering, a bug)",
                                    hint="check the platform for actions it took, then start a new request with `ask`")
         raise ThreadStateError(f"thread {thread_id} has no pending approval: it finished or was already answered",
                                hint="start a new request with `ask`")
@@ -366,6 +367,8 @@ def _result(agent: Agent, thread_id: str, forced_stop: str | None = None) -> Run
     last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
     answer = str(last.content) if last is not None else ""
     stop = forced_stop or state.values.get("opsfabric_stop") or None
+    if not stop and last is not None and last.response_metadata.get("opsfabric_output_error"):
+        stop = "model_output"  # the reply was none of the schema's shapes: never "answered", never "asked to clarify"
     if stop:
         status = "stopped"
         if forced_stop:

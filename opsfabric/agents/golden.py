@@ -38,10 +38,13 @@ def outcome_class(status: str, stop_reason: str | None, calls: int) -> str:
 
     ``asked to clarify`` covers an abstention (the offline planner) and a reply without any tool
     call (a language model asking back or declining): in both the agent did nothing and said so.
-    ``refused: <rule>`` is a guardrail or budget stop, named by its rule.
+    ``refused: <rule>`` is a guardrail or budget stop, named by its rule. A model reply that was none
+    of the expected shapes is ``model output unusable``, a class no golden can expect.
     """
     if status == "awaiting_approval":
         return "awaiting approval"
+    if status == "stopped" and stop_reason == "model_output":
+        return "model output unusable"  # a reply none of the schema's shapes: matches no golden, ever
     if status == "stopped":
         return f"refused: {stop_reason}"
     if status == "abstained" or (status == "completed" and calls == 0):
@@ -259,11 +262,6 @@ def run_suite(folder: Path, config: AgentsSettings, **kwargs: Any) -> list[Scena
             scenario = load_scenario(path)
             runs.append(run_scenario(scenario, config, Path(tmp) / scenario.id, **kwargs))
     return runs
-
-
-def regressions(previous: dict[str, str], current: dict[str, str]) -> list[str]:
-    """Scenarios that passed in the previous run and do not pass now (these fail the flow)."""
-    return sorted(s for s, status in current.items() if previous.get(s) == "pass" and status != "pass")
 
 
 # ---- recording ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import SecretStr
 
 from opsfabric.agents.prompts import AgentPrompt
 
@@ -31,7 +32,7 @@ from opsfabric.agents.prompts import AgentPrompt
 # bounded repetition ({m,n}): llama-cpp-python's schema-to-grammar converter expands it into nested optionals
 # (a 300-deep rule crashed the server), and renders `\d{4}` wrongly; lengths are checked by the tool's own
 # validation (a refusal naming the field) and bounded by max_tokens.
-SAFE_TEXT = r'^[^"\\\n\r\t]+$'
+SAFE_TEXT = r'^[^"\\\x00-\x1f]+$'
 _COUNTED = re.compile(r"(\\d|\[[^\]]*\])\{(\d+)\}")
 
 
@@ -95,7 +96,7 @@ def tool_catalog(tool_specs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse_reply(content: str, tool_names: set[str]) -> tuple[list[dict[str, Any]], str | None, str | None]:
+def parse_reply(content: str) -> tuple[list[dict[str, Any]], str | None, str | None]:
     """(tool calls, answer text, error) of one reply. A reply that is not one of the schema's shapes is an error, not a guess."""
     try:
         data = json.loads(content)
@@ -114,13 +115,14 @@ class JsonSchemaChatModel(BaseChatModel):
 
     base_url: str
     model: str
-    api_key: str
+    api_key: SecretStr  # never in a repr, a log line or LangChain's serialised callbacks
     prompt: AgentPrompt
     temperature: float = 0.0
     seed: int | None = None
     max_tokens: int = 256
     timeout_seconds: float = 60.0
     few_shot: bool = True
+    cache_warmup: bool = False
     tool_specs: list[dict[str, Any]] = []
 
     model_config = {"arbitrary_types_allowed": True}
@@ -180,16 +182,28 @@ class JsonSchemaChatModel(BaseChatModel):
         }
         if self.seed is not None:
             body["seed"] = self.seed
+        headers = {"Authorization": f"Bearer {self.api_key.get_secret_value()}"}
+        if self.cache_warmup and not any(isinstance(m, AIMessage) for m in messages):
+            self._warm_cache(messages, headers)
         started = time.perf_counter()
         try:
-            response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=self.timeout_seconds)
-            response.raise_for_status()
+            response = httpx.post(url, json=body, headers=headers, timeout=self.timeout_seconds)
+        except httpx.HTTPError as exc:
+            raise EndpointUnavailableError(f"chat endpoint {url} (agents.model.base_url) did not answer: {type(exc).__name__}: {exc}",
+                                           hint="is the server running? `make llm` starts the local one") from None
+        if response.status_code >= 400:
+            hint = ("the server refused the request (context window, schema, key?): see its message" if response.status_code < 500
+                    else "the server failed on this request: see its log (`make llm` writes <state_dir>/llm/server-<port>.log)")
+            raise EndpointUnavailableError(f"chat endpoint {url} (agents.model.base_url) answered HTTP {response.status_code}: "
+                                           f"{response.text[:300]}", hint=hint)
+        try:
             data = response.json()
             content = data["choices"][0]["message"].get("content") or ""
-        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
-            raise EndpointUnavailableError(f"chat endpoint {url} (agents.model.base_url) failed: {type(exc).__name__}: {exc}",
-                                           hint="is the server running? `make llm` starts the local one") from None
-        calls, answer, error = parse_reply(content, {s["name"] for s in self.tool_specs})
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise EndpointUnavailableError(f"chat endpoint {url} (agents.model.base_url) sent a reply that is not a chat completion "
+                                           f"({type(exc).__name__}: {exc}): {response.text[:300]}",
+                                           hint="is base_url an OpenAI-compatible /v1 endpoint?") from None
+        calls, answer, error = parse_reply(content)
         usage = data.get("usage") or {}
         meta = {"model_name": data.get("model", self.model), "finish_reason": data["choices"][0].get("finish_reason"),
                 "opsfabric_tool_calling": "json_schema", "opsfabric_endpoint_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -201,6 +215,26 @@ class JsonSchemaChatModel(BaseChatModel):
             tin, tout = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             message.usage_metadata = {"input_tokens": tin, "output_tokens": tout, "total_tokens": tin + tout}
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+    def _warm_cache(self, messages: list[BaseMessage], headers: dict[str, str]) -> None:
+        """Put a prefix-caching server (llama.cpp) in the same state before a run's first decision.
+
+        llama.cpp reuses the evaluated prefix of the previous prompt; the logits of a sampled reply
+        then depend slightly on how the remaining tokens were batched, so the same seed could give
+        another trajectory depending on which request came before (measured: trial 0 of a suite
+        differed from the same trial run later). A prefix-only request (system, tools, examples;
+        one token) first makes the state the same whatever came before. Best effort: a failure here
+        is left to the real request to report.
+        """
+        import httpx
+
+        prefix = self.transcript([m for m in messages if isinstance(m, SystemMessage)])
+        try:
+            httpx.post(f"{self.base_url.rstrip('/')}/chat/completions", headers=headers, timeout=self.timeout_seconds,
+                       json={"model": self.model, "messages": prefix, "max_tokens": 1, "temperature": 0})
+        except httpx.HTTPError:
+            pass
 
 
 def _result_turn(tool: str, content: str, error: bool = False) -> str:

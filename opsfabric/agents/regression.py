@@ -161,11 +161,26 @@ def load_baseline(path: Path) -> dict[str, tuple[int, int]]:
         raise AgentError(f"{path}: unreadable regression baseline ({exc})", hint="delete the file to start a new baseline for this configuration") from None
 
 
-def save_baseline(path: Path, identity: dict[str, Any], report: SuiteReport) -> Path:
+def next_baseline(previous: dict[str, tuple[int, int]], report: SuiteReport) -> dict[str, tuple[int, int]]:
+    """The baseline after a run that passed the gate: per scenario the better of the old and the new pass rate.
+
+    It only rises: a string of small drops, each too small to be shown, must not walk the reference
+    down (a lower one is accepted by re-approving the goldens or deleting the baseline, on purpose).
+    """
+    out = dict(previous)
+    for sid, (c, n) in report.counts.items():
+        old = previous.get(sid)
+        if old is None or (n and c / n >= (old[0] / old[1] if old[1] else 0.0)):
+            out[sid] = (c, n)
+    return {sid: counts for sid, counts in out.items() if sid in report.counts}
+
+
+def save_baseline(path: Path, identity: dict[str, Any], report: SuiteReport, previous: dict[str, tuple[int, int]] | None = None) -> Path:
     from opsfabric.files import write_atomic
 
+    counts = next_baseline(previous or {}, report)
     body = {"identity": identity, "k": report.k, "pass_rate": report.pass_rate,
-            "scenarios": {t.scenario: {"passes": t.passes, "trials": t.trials} for t in report.trials}}
+            "scenarios": {sid: {"passes": c, "trials": n} for sid, (c, n) in sorted(counts.items())}}
     return write_atomic(path, json.dumps(body, indent=2, sort_keys=True))  # a kill mid-write keeps the old baseline
 
 

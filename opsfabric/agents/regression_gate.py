@@ -76,6 +76,8 @@ class GateDecision:
     reasons: list[str]
     scenarios: list[ScenarioGate] = field(default_factory=list)
     suite_p_value: float | None = None
+    undetectable: list[str] = field(default_factory=list)  # even a total collapse could not reach significance at these counts
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
         return [{"scenario": s.scenario, "passes": f"{s.passes}/{s.trials}",
@@ -91,6 +93,20 @@ class GatePolicy:
     new_floor: float = 0.8
     correction: str = "holm"  # holm | none
     deterministic: bool = False
+
+
+def tarone_family(min_p: dict[str, float], alpha: float) -> set[str]:
+    """Tarone's rule for discrete tests: the hypotheses that can reach significance at all.
+
+    A scenario whose smallest achievable p-value (its total collapse) is above the corrected level
+    can never be rejected; counting it in the correction only costs power. The family is the set for
+    the smallest ``m`` with at most ``m`` hypotheses whose smallest p is at most ``alpha / m``.
+    """
+    for m in range(1, len(min_p) + 1):
+        family = {k for k, p in min_p.items() if p <= alpha / m}
+        if len(family) <= m:
+            return family
+    return set(min_p)
 
 
 def decide(current: dict[str, tuple[int, int]], baseline: dict[str, tuple[int, int]], policy: GatePolicy, *,
@@ -120,7 +136,15 @@ def decide(current: dict[str, tuple[int, int]], baseline: dict[str, tuple[int, i
             continue
         raw[sid] = fisher_lower_p(c, n, bc, bn)
         rows.append(ScenarioGate(sid, c, n, base, "ok", "", raw[sid]))
-    adjusted = holm(raw) if policy.correction == "holm" else raw
+    undetectable: list[str] = []
+    if policy.correction == "holm":
+        floor_p = {r.scenario: fisher_lower_p(0, r.trials, *r.baseline) for r in rows if r.scenario in raw}
+        family = tarone_family(floor_p, policy.alpha)
+        adjusted = {**{k: 1.0 for k in raw}, **holm({k: raw[k] for k in family})}
+        undetectable = sorted(k for k, p in floor_p.items() if k not in family and r_base_rate(baseline[k]) > 0)
+    else:
+        adjusted = raw
+        undetectable = sorted(k for k in raw if fisher_lower_p(0, current[k][1], *baseline[k]) >= policy.alpha and r_base_rate(baseline[k]) > 0)
     for row in rows:
         if row.scenario not in raw:
             continue
@@ -140,8 +164,16 @@ def decide(current: dict[str, tuple[int, int]], baseline: dict[str, tuple[int, i
             else:
                 row.reason = f"{row.reason} [quarantine expired on {q.expires}]"
     reasons = [f"{r.scenario}: {r.reason}" for r in rows if r.verdict in ("regressed", "below_floor")]
+    notes = []
+    if undetectable:
+        notes.append(f"{len(undetectable)} scenario(s) could not be shown to regress even if every trial failed, at these trial counts "
+                     f"and alpha {policy.alpha} after correction: {', '.join(undetectable)} (run more trials)")
     suite_p = None
     judged = [r for r in rows if r.baseline is not None and not (r.scenario in quarantine and quarantine[r.scenario].active(today))]
+    if judged and len({(r.trials, r.baseline[1]) for r in judged}) > 1:
+        notes.append("suite test skipped: scenarios ran different numbers of trials (adaptive sampling), so pooled counts would "
+                     "weigh them unlike the baseline")
+        judged = []
     if judged and not policy.deterministic:
         c, n = sum(r.passes for r in judged), sum(r.trials for r in judged)
         bc, bn = sum(r.baseline[0] for r in judged), sum(r.baseline[1] for r in judged)
@@ -150,7 +182,12 @@ def decide(current: dict[str, tuple[int, int]], baseline: dict[str, tuple[int, i
         if suite_p < policy.alpha and drop >= policy.suite_min_effect:
             reasons.append(f"suite: pooled pass rate {c}/{n} vs baseline {bc}/{bn}: one-sided Fisher exact test p={suite_p:.4f} "
                            f"< alpha {policy.alpha}, drop {drop:.3f}")
-    return GateDecision(not reasons, reasons, rows, suite_p)
+    return GateDecision(not reasons, reasons, rows, suite_p, undetectable, notes)
+
+
+def r_base_rate(counts: tuple[int, int]) -> float:
+    passes, trials = counts
+    return passes / trials if trials else 0.0
 
 
 def identity_of(labels: dict[str, Any], model_name: str) -> dict[str, Any]:

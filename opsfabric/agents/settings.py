@@ -73,6 +73,9 @@ class EndpointModelSettings(_Section):
     temperature: float = Field(default=0.0, ge=0, le=2)
     seed: int | None = Field(default=0, description="Sent with every request (servers that honour it sample reproducibly); null: none sent.")
     max_tokens: int = Field(default=256, ge=16, description="Reply length limit per decision.")
+    cache_warmup: bool = Field(default=False, description="json_schema mode: send a prefix-only request before a run's first decision, so a "
+                               "prefix-caching server (llama.cpp) is in the same state whatever came before and a seed reproduces its "
+                               "trajectory (costs one short request per run; off for billed endpoints).")
     timeout_seconds: float = 60.0
     price_per_1k_input_tokens: float = Field(default=0.0, ge=0, description="USD per 1k input tokens (0 for a local model: its cost is the machine's, not billed).")
     price_per_1k_output_tokens: float = Field(default=0.0, ge=0)

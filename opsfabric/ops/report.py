@@ -301,8 +301,10 @@ def _agents(state: OpsState) -> AgentStatus | None:
 def model_label(tags: dict[str, str]) -> str:
     """``smollm2-135m-instruct (SmolLM2-135M-Instruct.Q4_1.gguf sha256:b179c952…, llama-cpp-python 0.3.36, T=0.0, seed 0)``."""
     model = tags.get("gen_ai.request.model")
+    if model == "offline-planner" or (not model and tags.get("opsfabric.agent.model") == "offline"):
+        return "offline planner (deterministic, not a language model)"
     if not model:
-        return "offline planner (deterministic, not a language model)" if tags.get("opsfabric.agent.model") == "offline" else ""
+        return ""
     details = [f"{tags['opsfabric.model.file']} sha256:{tags.get('opsfabric.model.sha256', '')[:8]}…" if tags.get("opsfabric.model.file") else "",
                tags.get("opsfabric.server", ""),
                f"T={tags['gen_ai.request.temperature']}" if "gen_ai.request.temperature" in tags else "",

@@ -348,17 +348,10 @@ class LLMAnswerer:
 
 
 def endpoint_identity(base_url: str, model: str) -> dict[str, Any]:
-    """:func:`opsfabric.llm.identity.probe_identity`, asked again when a cached probe found the server down.
-
-    The probe is cached per process; a probe made before the server answered would otherwise label
-    every later answer "unreachable" although the server has just answered.
-    """
+    """:func:`opsfabric.llm.identity.probe_identity`: the labels of what answers at ``base_url`` now."""
     from opsfabric.llm.identity import probe_identity
 
-    labels = probe_identity(base_url, model)
-    if str(labels.get("opsfabric.server", "")).startswith("unreachable"):
-        labels = getattr(probe_identity, "__wrapped__", probe_identity)(base_url, model)  # past the cache
-    return dict(labels)
+    return dict(probe_identity(base_url, model))
 
 
 def make_answerer(config: Any, embed_model: Any) -> ExtractiveAnswerer | LLMAnswerer:

@@ -15,7 +15,6 @@ from opsfabric.agents.golden import (
     golden_from_run,
     load_scenario,
     record_candidate,
-    regressions,
     run_scenario,
     run_suite,
     scenario_files,
@@ -49,13 +48,6 @@ def test_a_bad_scenario_file_names_file_and_key(tmp_path):
     bad.write_text(yaml.safe_dump({"id": "x", "description": "d", "request": "r", "expect": {"outcome": "completed", "trajectory": {"mode": "sideways"}}}))
     with pytest.raises(GoldenError, match=r"x.yaml: invalid scenario: expect.trajectory.mode"):
         load_scenario(bad)
-
-
-@pytest.mark.unit
-def test_regressions_are_previous_passes_that_fail_now():
-    assert regressions({"a": "pass", "b": "fail", "c": "pass"}, {"a": "fail", "b": "fail", "c": "pass", "d": "fail"}) == ["a"]
-    assert regressions({}, {"a": "fail"}) == []
-    assert regressions({"a": "pass"}, {"a": "schema_drift"}) == ["a"]
 
 
 @pytest.mark.flows
@@ -174,3 +166,12 @@ def test_a_decision_for_another_action_is_a_fail_verdict_naming_it_not_a_crash(t
     verdict = run_scenario(bad_edit, AgentsSettings(), tmp_path / "c").verdict
     assert verdict.status == "fail" and any("recorded edit of promote_model_version was refused" in r for r in verdict.reasons)
     assert not (tmp_path / "a" / "journal.jsonl").exists() and not (tmp_path / "c" / "journal.jsonl").exists()
+
+
+@pytest.mark.unit
+def test_an_unusable_model_reply_is_its_own_outcome_class():
+    from opsfabric.agents.golden import outcome_class
+
+    assert outcome_class("stopped", "model_output", 0) == "model output unusable"
+    for path in scenario_files(GOLDEN):  # no golden can expect it: broken output never passes an abstention
+        assert load_scenario(path).expect.outcome != "model output unusable"

@@ -114,3 +114,68 @@ def test_quarantine_file_errors_are_named(tmp_path):
     path.write_text("quarantine:\n- {scenario: a, reason: r, owner: o, expires: soon}\n")
     with pytest.raises(GoldenError, match="is not a date"):
         load_quarantine(path, {"a"})
+
+
+def test_exact_mcnemar_p_values():
+    from opsfabric.agents.compare import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)  # all six discordant pairs one way: 2 * 0.5^6
+    assert mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)  # scipy.stats.binomtest(1, 10).pvalue
+
+
+def test_pairing_by_seed_counts_discordant_pairs_and_the_effect_interval():
+    from types import SimpleNamespace
+
+    from opsfabric.agents.compare import Comparison, pair
+
+    def runs(*passed):
+        return [SimpleNamespace(verdict=SimpleNamespace(passed=p, first_divergence=None), cost_usd=0.0) for p in passed]
+
+    s = pair("x", runs(True, True, False, True), runs(False, True, False, False))
+    assert (s.passes_a, s.passes_b, s.a_only, s.b_only, s.change) == (3, 1, 2, 0, "worse")
+    same = pair("y", runs(True, False), runs(False, True))
+    assert (same.a_only, same.b_only, same.change, same.p_value) == (1, 1, "same", 1.0)
+    comparison = Comparison([s, same], trials=4, seed=0)
+    diff, low, high = comparison.effect()
+    assert diff == pytest.approx(((1 - 3) / 4 + 0) / 2) and low <= diff <= high
+    assert comparison.effect() == comparison.effect()  # seeded bootstrap: the same interval every time
+    assert (comparison.a_only, comparison.b_only) == (3, 1)
+
+
+def test_a_total_collapse_at_k5_among_36_scenarios_is_said_to_be_undetectable_not_passed_silently():
+    # 36 scenarios at 5/5, one collapses to 0/5: its p (1/252 = 0.004) cannot survive any family-wise correction over
+    # 36 equally able scenarios (Tarone: none reaches 0.05/13), so the gate cannot show it and says so
+    baseline = {f"s{i:02d}": (5, 5) for i in range(36)}
+    decision = decide({**baseline, "s00": (0, 5)}, baseline, GatePolicy())
+    assert decision.passed and len(decision.undetectable) == 36
+    assert "could not be shown to regress even if every trial failed" in decision.notes[0]
+    # scenarios with a 0 baseline cannot drop: they are not in the family and cost no power
+    mixed = {**{f"z{i}": (0, 5) for i in range(30)}, **{f"s{i}": (5, 5) for i in range(6)}}
+    collapsed = decide({**mixed, "s0": (0, 5)}, mixed, GatePolicy())
+    assert not collapsed.passed and any(r.startswith("s0:") and "Holm" in r for r in collapsed.reasons)
+    # and at K=10 the same collapse among 36 is shown (p = 1/184756 survives the correction)
+    ten = {f"s{i:02d}": (10, 10) for i in range(36)}
+    assert not decide({**ten, "s00": (0, 10)}, ten, GatePolicy()).passed
+
+
+def test_tarone_family_drops_hypotheses_that_cannot_reach_significance():
+    from opsfabric.agents.regression_gate import tarone_family
+
+    assert tarone_family({"a": 0.004, "b": 0.004, "c": 1.0, "d": 1.0}, 0.05) == {"a", "b"}
+    assert tarone_family({f"x{i}": 0.004 for i in range(36)}, 0.05) == set()  # none can reach 0.05/m for the m that fits
+
+
+def test_the_baseline_only_rises():
+    from types import SimpleNamespace
+
+    from opsfabric.agents.regression import next_baseline
+
+    report = SimpleNamespace(counts={"a": (3, 5), "b": (5, 5), "c": (2, 5)})
+    assert next_baseline({"a": (5, 5), "b": (4, 5), "gone": (5, 5)}, report) == {"a": (5, 5), "b": (5, 5), "c": (2, 5)}
+
+
+def test_the_suite_test_is_skipped_when_adaptive_sampling_made_trial_counts_differ():
+    decision = decide({"a": (0, 3), "b": (10, 10)}, {"a": (5, 5), "b": (5, 5)}, GatePolicy())
+    assert decision.suite_p_value is None and any("suite test skipped" in n for n in decision.notes)

@@ -71,17 +71,26 @@ def test_the_second_model_is_assembled_from_its_packages_and_checked(tmp_path):
     assert resolve_model("gemma3-270m-base", spec, tmp_path).sha256 == spec.sha256
 
 
-def _serve(tmp_path, port):
+def _serve(tmp_path, port, started):
+    """Start `make llm`'s command; the process is recorded in ``started`` before anything can fail."""
+    import queue
+    import threading
+
     env = {**os.environ, "OPSFABRIC_STATE_DIR": str(tmp_path / "state")}
     process = subprocess.Popen([sys.executable, "-m", "opsfabric.llm.launcher", "serve", "--port", str(port)], cwd=PROJECT_ROOT,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    deadline = time.monotonic() + 120
+    started.append((process, tmp_path / "state" / "llm" / "server.json"))
+    lines: queue.Queue = queue.Queue()  # a reader thread: never block past the deadline on a silent launcher
+    threading.Thread(target=lambda: [lines.put(line) for line in iter(process.stdout.readline, "")], daemon=True).start()
+    seen, deadline = [], time.monotonic() + 120
     while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if line.startswith("use it:") or not line:
+        try:
+            seen.append(lines.get(timeout=max(0.01, deadline - time.monotonic())))
+        except queue.Empty:
             break
+        if seen[-1].startswith("use it:"):
+            break
+    lines = seen
     assert any(f"http://127.0.0.1:{port}/v1" in line for line in lines), "".join(lines)
     info = json.loads((tmp_path / "state" / "llm" / "server.json").read_text())
     return process, env, info, "".join(lines)
@@ -93,17 +102,18 @@ def serve(tmp_path):
     started = []
 
     def start(port):
-        process, env, info, out = _serve(tmp_path, port)
-        started.append((process, info))
-        return process, env, info, out
+        return _serve(tmp_path, port, started)
 
     yield start
     from opsfabric.processes import stop_group
 
-    for process, info in started:
+    for process, pid_file in started:
         if process.poll() is None:
             process.kill()
-        stop_group(info["group"][0])
+        try:
+            stop_group(json.loads(pid_file.read_text())["group"][0])
+        except (OSError, ValueError, KeyError):
+            pass
 
 
 def _gone(process, info, timeout=30.0):
@@ -149,3 +159,26 @@ def test_labels_come_from_the_server_that_answers_and_an_unreachable_one_is_aske
         assert unknown["opsfabric.model.served"] == "smollm2-135m-instruct" and "does not serve 'gpt-4o-mini'" in unknown["opsfabric.model.note"]
     finally:
         server.stop()
+
+
+def test_the_agent_reply_schema_converts_to_a_grammar_without_falling_back():
+    # llama-cpp-python silently falls back to an unconstrained JSON grammar when a schema does not convert
+    import json as _json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    from opsfabric.agents.json_schema_model import reply_schema
+    from opsfabric.agents.tools import TOOL_SPECS
+
+    specs = [{"name": s.name, "description": s.description, "parameters": s.parameters} for s in TOOL_SPECS]
+    grammar = json_schema_to_gbnf(_json.dumps(reply_schema(specs)))
+    assert '"\\"trigger_retraining\\""' in grammar and '"batch" "_" [0-9] [0-9]' in grammar and len(grammar) < 20000
+
+
+def test_a_launcher_killed_outright_takes_its_server_with_it(serve, tmp_path):
+    process, env, info, _ = serve(free_port())
+    process.kill()  # SIGKILL: no cleanup code runs in the launcher
+    assert _gone(process, info), "the model server outlived its launcher"
+    stopped = subprocess.run([sys.executable, "-m", "deployments.control_room", "stop"], cwd=PROJECT_ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0 and not (tmp_path / "state" / "llm" / "server.json").exists()  # the stale pid file is cleared

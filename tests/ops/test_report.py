@@ -179,7 +179,16 @@ def test_ops_report_flow_on_an_empty_then_a_trained_platform(empty_platform, tra
 
 @pytest.mark.unit
 def test_the_agent_section_names_the_model_that_decided():
-    planner = _state(runs={R.AGENT_REGRESSION: [_run("a1", "agent-regression", "golden-suite", 1, tags={"opsfabric.agent.model": "offline"},
+    from opsfabric.agents.agent import build_trace, make_model
+    from opsfabric.agents.settings import OfflinePlannerSettings
+    from opsfabric.agents.tracing import model_tags
+
+    # the tags a real planner run writes (regression.log_suite: opsfabric.agent.model + the trace's model tags)
+    trace = build_trace([], profile="operator", thread_id="t", model_name="offline-planner", status="completed", stop_reason=None,
+                        answer="", labels=make_model(OfflinePlannerSettings()).labels)
+    planner_tags = {"opsfabric.agent.model": "offline", **model_tags(trace)}
+    assert planner_tags["gen_ai.request.model"] == "offline-planner"
+    planner = _state(runs={R.AGENT_REGRESSION: [_run("a1", "agent-regression", "golden-suite", 1, tags=planner_tags,
                                                      metrics={"pass_rate": 1.0, "scenarios": 36, "failed": 0})]})
     assert "decided by offline planner (deterministic, not a language model)" in R.render_markdown(R.build_report(planner))
     tags = {"opsfabric.agent.model": "openai", "gen_ai.request.model": "smollm2-135m-instruct", "opsfabric.model.file": "SmolLM2-135M-Instruct.Q4_1.gguf",
