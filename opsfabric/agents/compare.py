@@ -89,7 +89,13 @@ class Comparison:
     def render(self, name_a: str, name_b: str) -> str:
         diff, low, high = self.effect()
         lines = [f"A = {name_a}: {_describe(self.labels_a)}", f"B = {name_b}: {_describe(self.labels_b)}",
-                 f"{self.trials} paired trials per scenario (seeds {self.seed}..{self.seed + self.trials - 1}, the same on both sides)", "",
+                 f"{self.trials} paired trials per scenario (seeds {self.seed}..{self.seed + self.trials - 1}, the same on both sides)"]
+        greedy = [side for side, labels in (("A", self.labels_a), ("B", self.labels_b))
+                  if labels.get("gen_ai.request.temperature") == 0 or labels.get("model") == "offline-planner"]
+        if greedy and self.trials > 1:
+            lines.append(f"note: {' and '.join(greedy)} decide(s) greedily (temperature 0 or the offline planner): their trials repeat one "
+                         "answer, so the paired tests count copies as evidence; compare sampled configurations, or read K=1")
+        lines += ["",
                  f"{'scenario':34} {'A':>6} {'B':>6} {'A only':>6} {'B only':>6} {'McNemar p':>9}  B vs A"]
         for s in self.scenarios:
             lines.append(f"{s.scenario:34} {s.passes_a:>2}/{s.trials:<3} {s.passes_b:>2}/{s.trials:<3} {s.a_only:>6} {s.b_only:>6} "
@@ -104,10 +110,13 @@ class Comparison:
         return "\n".join(lines)
 
 
+_SHOWN = {"model": "model", "opsfabric.model.sha256": "file sha256", "opsfabric.tool_calling": "tool calling", "opsfabric.prompt.sha256": "prompt",
+          "opsfabric.prompt.few_shot": "few-shot", "gen_ai.request.temperature": "temperature", "opsfabric.tools.sha256": "tool descriptions",
+          "opsfabric.planner.thresholds": "planner"}
+
+
 def _describe(labels: dict[str, Any]) -> str:
-    keys = ("gen_ai.request.model", "opsfabric.model.file", "opsfabric.tool_calling", "opsfabric.prompt.version", "opsfabric.prompt.few_shot",
-            "gen_ai.request.temperature", "opsfabric.tools.sha256")
-    return ", ".join(f"{k.split('.')[-1]}={labels[k]}" for k in keys if k in labels) or "offline planner"
+    return ", ".join(f"{name} {str(labels[k])[:16]}" for k, name in _SHOWN.items() if k in labels)
 
 
 def pair(scenario: str, runs_a: list[Any], runs_b: list[Any]) -> PairedScenario:

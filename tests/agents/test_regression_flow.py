@@ -91,3 +91,29 @@ def test_dvc_stage_writes_metrics_and_diffs_and_fails_on_a_failing_scenario(tmp_
     path.write_text(path.read_text().replace("version_b: 3", "version_b: 4"))
     assert stage_regression(settings) == 1
     assert "argument version_b: 3 != expected 4" in (tmp_path / "r" / "compare_2_3.txt").read_text()
+
+
+@pytest.mark.flows
+def test_compare_runs_both_sides_on_the_same_scenarios_and_logs_a_parent_and_two_children(prefect_api, tmp_path):
+    from flows.agent_regression import agent_compare_flow
+    from opsfabric.settings import load_settings
+    from opsfabric.tracking import mlflow_client
+
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    for sid in SUBSET:
+        shutil.copy(GOLDEN / f"{sid}.yaml", golden)
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "agents": {"golden_dir": str(golden)}}))
+    strict = tmp_path / "strict.yaml"  # a planner that abstains on almost everything: B must come out worse
+    strict.write_text(yaml.safe_dump({"agents": {"model": {"kind": "offline", "min_similarity": 0.95, "min_similarity_risky": 0.95}}}))
+    result = agent_compare_flow(str(base), f"{base},{strict}", trials=1, seed=0)
+    table = {row["scenario"]: row for row in result["table"]}
+    assert set(table) == set(SUBSET) and result["pass_rate_a"] == 1.0 and result["pass_rate_b"] < 1.0
+    assert table["compare_2_3"]["B vs A"] == "worse" and all(row["B vs A"] in ("worse", "same") for row in table.values())
+    assert result["effect"] < 0 and 0 < result["mcnemar_p"] <= 1
+    client = mlflow_client(load_settings(base))
+    parent = client.get_run(result["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["opsfabric.compare.side"] for c in children) == ["a", "b"]
+    assert {c.data.tags["opsfabric.compare.side"]: c.data.metrics["pass_rate"] for c in children}["a"] == 1.0
