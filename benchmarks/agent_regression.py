@@ -7,8 +7,12 @@
   approvals, trace building), from the per-event durations the traces record.
 * Per-request overhead: for every scenario that completed, the agent's run vs calling the same
   tools directly on the same backend, alternating which goes first, as a ratio in one run.
+* K trials (``--local-model``): suite wall time at K=1 and K=5 on the offline planner (deterministic:
+  it runs once whatever K, by design) and on the local model (SmolLM2-135M sampling at temperature
+  0.7, a real llama-cpp-python server started here), and adaptive sampling (``--max-trials 10``,
+  thresholds from the K=5 run as baseline): trials used against the 10 x scenarios planned.
 
-    python benchmarks/agent_regression.py [--rounds 3]
+    python benchmarks/agent_regression.py [--rounds 3] [--local-model [--scenarios N]]
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ GOAL_SECONDS = 60.0
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of agent vs direct calls")
+    parser.add_argument("--local-model", action="store_true", help="also time K=1/5 and adaptive sampling on the local model (minutes)")
+    parser.add_argument("--scenarios", type=int, default=None, help="with --local-model: only the first N scenarios (default all)")
     args = parser.parse_args()
 
     from opsfabric.runtime_env import configure_runtime_env
@@ -88,7 +94,66 @@ def main() -> int:
     print(f"per-request overhead ({len(completed)} completed requests, median of {args.rounds} alternating rounds): "
           f"agent {agent_s * 1000 / len(completed):.1f} ms/request vs direct tool calls {direct_s * 1000 / len(completed):.3f} ms/request "
           f"(ratio {agent_s / direct_s:.0f}x; absolute overhead {(agent_s - direct_s) * 1000 / len(completed):.1f} ms/request)")
+    if args.local_model:
+        trials_section(golden, args.scenarios)
     return 0
+
+
+def trials_section(golden: Path, limit: int | None) -> None:
+    """Suite wall time at K=1 and K=5 (planner, local model) and the trials adaptive sampling saves."""
+    from opsfabric.agents.golden import load_scenario, run_trials, scenario_files
+    from opsfabric.agents.regression import gate_policy, thresholds
+    from opsfabric.agents.settings import AgentsSettings
+    from opsfabric.llm.launcher import start_server
+    from opsfabric.settings import load_settings
+
+    def free_port() -> int:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    scenarios = [load_scenario(p) for p in scenario_files(golden)][:limit]
+
+    def suite(config, k, tmp, **kwargs):
+        started = time.perf_counter()
+        results = [run_trials(sc, config, Path(tmp) / f"{k}-{sc.id}", trials=k, seed=0, **kwargs.get(sc.id, {})) for sc in scenarios]
+        return time.perf_counter() - started, results
+
+    planner = AgentsSettings()
+    with tempfile.TemporaryDirectory(prefix="agent-bench-k-") as tmp:
+        for k in (1, 5):
+            seconds, results = suite(planner, k, tmp)
+            print(f"offline planner, K={k}: {seconds:.1f} s for {len(scenarios)} scenarios ({sum(r.trials for r in results)} runs: "
+                  "deterministic, one run per scenario whatever K)")
+        settings = load_settings("configs/profiles/local-llm.yaml", "configs/profiles/local-llm-sampled.yaml", state_dir=Path(tmp) / "state",
+                                 llm={"server": {"port": free_port()}})
+        server = start_server(settings)
+        try:
+            config = settings.agents
+            labels = server.aliases[config.model.model]
+            print(f"local model: {labels['file']} sha256:{labels['sha256'][:16]}, temperature {config.model.temperature}, "
+                  f"cache_warmup {config.model.cache_warmup}, 2 shared cores")
+            by_k = {}
+            for k in (1, 5):
+                seconds, results = suite(config, k, tmp)
+                by_k[k] = results
+                passes = sum(r.passes for r in results)
+                print(f"local model, K={k}: {seconds:.1f} s for {len(scenarios)} scenarios, {sum(r.trials for r in results)} trials "
+                      f"({seconds / max(1, sum(r.trials for r in results)):.2f} s/trial), {passes} passing trials, "
+                      f"flaky scenarios {sum(r.flaky for r in results)}")
+            baseline = {r.scenario: (r.passes, r.trials) for r in by_k[5]}
+            limits = thresholds(baseline, gate_policy(config))
+            per = {sc.id: {"max_trials": 10, "threshold": limits.get(sc.id, config.regression.new_floor)} for sc in scenarios}
+            seconds, results = suite(config, 10, tmp, **per)
+            used, planned = sum(r.trials for r in results), sum(r.planned for r in results)
+            print(f"adaptive sampling, up to 10 trials (thresholds: baseline K=5 rate - min_effect, or the new-scenario floor): "
+                  f"{used} of {planned} trials used, {planned - used} saved ({(planned - used) / planned:.0%}), {seconds:.1f} s; "
+                  f"stopped early: {sum(1 for r in results if r.stopped_early)} scenarios "
+                  f"({sum(1 for r in results if r.stopped_early == 'below')} below, {sum(1 for r in results if r.stopped_early == 'above')} above)")
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
