@@ -28,10 +28,9 @@ not what a deployment's model would score.
    test on the discordant scenarios). Temperature 0, seed 0: greedy decoding, one trial per
    scenario is the whole distribution (a few scenarios are repeated to check that).
 
-Temporary state folders only; every server started here is stopped. About 13 minutes on 2 busy
-cores, most of it the 20 RAG answers (~1,850-token prompts, ~13 s each) and the native path's
-replies that ignore their length limit (two run to the 60 s timeout); the time per part is printed.
-``--quick`` is a smoke run of a few requests (~4 minutes); ``--requests N`` takes N golden
+Temporary state folders only; every server started here is stopped. About 10 minutes on 2 busy
+cores, 4 of them the 20 RAG answers (~1,850-token prompts, ~13 s each); the time per part is
+printed. ``--quick`` is a smoke run of a few requests (~2 minutes); ``--requests N`` takes N golden
 scenarios spread over the suite.
 
     .venv/bin/python benchmarks/local_model.py [--requests N] [--rag-questions N] [--rounds 3] [--quick]
