@@ -116,9 +116,11 @@ def trials_section(golden: Path, limit: int | None) -> None:
 
     scenarios = [load_scenario(p) for p in scenario_files(golden)][:limit]
 
+    runs = iter(range(1_000_000))
+
     def suite(config, k, tmp, **kwargs):
-        started = time.perf_counter()
-        results = [run_trials(sc, config, Path(tmp) / f"{k}-{sc.id}", trials=k, seed=0, **kwargs.get(sc.id, {})) for sc in scenarios]
+        started, n = time.perf_counter(), next(runs)  # a fresh folder (and checkpointer) per suite run
+        results = [run_trials(sc, config, Path(tmp) / f"{n}-{k}-{sc.id}", trials=k, seed=0, **kwargs.get(sc.id, {})) for sc in scenarios]
         return time.perf_counter() - started, results
 
     planner = AgentsSettings()
