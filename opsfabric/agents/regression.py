@@ -220,8 +220,12 @@ def gate_policy(config: Any) -> GatePolicy:
 
 
 def thresholds(baseline: dict[str, tuple[int, int]], policy: GatePolicy) -> dict[str, float]:
-    """Per scenario, the pass rate at which the gate's verdict flips (for early stopping)."""
-    return {sid: max(0.0, c / n - policy.min_effect) for sid, (c, n) in baseline.items() if n}
+    """Per scenario, the pass rate at which the gate's verdict flips (for early stopping).
+
+    A scenario whose baseline is within ``min_effect`` of 0 cannot regress: its threshold is -1, so
+    adaptive sampling stops it after the minimum number of trials (nothing to decide there).
+    """
+    return {sid: (c / n - policy.min_effect if c / n - policy.min_effect > 0 else -1.0) for sid, (c, n) in baseline.items() if n}
 
 
 def check_gate(decision: GateDecision, report: SuiteReport) -> None:

@@ -179,3 +179,11 @@ def test_the_baseline_only_rises():
 def test_the_suite_test_is_skipped_when_adaptive_sampling_made_trial_counts_differ():
     decision = decide({"a": (0, 3), "b": (10, 10)}, {"a": (5, 5), "b": (5, 5)}, GatePolicy())
     assert decision.suite_p_value is None and any("suite test skipped" in n for n in decision.notes)
+
+
+def test_adaptive_thresholds_stop_scenarios_that_cannot_regress_at_the_minimum():
+    from opsfabric.agents.regression import thresholds
+
+    limits = thresholds({"a": (5, 5), "b": (0, 5), "c": (1, 5)}, GatePolicy(min_effect=0.2))
+    assert limits["a"] == pytest.approx(0.8) and limits["b"] == limits["c"] == -1.0
+    assert early_decision(0, 3, limits["b"]) == "above"  # nothing to decide: stop after the minimum
