@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from opsfabric.errors import OpsFabricError
+
 
 def file_md5(path: Path) -> str:
     """MD5 of a file's bytes: the hash DVC 3 records for a file output (``dvc.lock``, ``.dir`` entries)."""
@@ -16,6 +18,26 @@ def file_md5(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_prompt_file(path: Path, required: tuple[str, ...], *, what: str, error: type[OpsFabricError],
+                     hint: str | None = None) -> tuple[dict, str]:
+    """A versioned prompt file's fields and the sha256 of its bytes (what runs record).
+
+    Raises ``error`` naming ``what``, the file and the missing fields: unreadable, not YAML, not a
+    mapping, or without one of ``required``.
+    """
+    import yaml
+
+    try:
+        raw = Path(path).read_bytes()
+        data = yaml.safe_load(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"{what} {path}: cannot read: {exc}", hint=hint) from exc
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise error(f"{what} {path}: missing field(s) {missing}")
+    return data, hashlib.sha256(raw).hexdigest()
 
 
 def backup_path(path: Path) -> Path:

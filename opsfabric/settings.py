@@ -298,7 +298,9 @@ class Settings(BaseSettings):
     @property
     def uses_local_llm(self) -> bool:
         """Whether a client section points at the local model server (``make serve`` then starts it)."""
-        local = f"http://{self.llm.server.host}:{self.llm.server.port}/v1"
+        from opsfabric.llm.settings import local_url
+
+        local = local_url(self.llm.server.host, self.llm.server.port)
         return getattr(self.agents.model, "base_url", None) == local or self.rag.llm.base_url == local
 
     @classmethod

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from opsfabric.agents.errors import AgentError
 
 
@@ -44,14 +42,10 @@ class AgentPrompt:
     @classmethod
     def load(cls, path: Path) -> "AgentPrompt":
         """Raises AgentError naming the file and the field at fault."""
-        try:
-            raw = path.read_bytes()
-            data = yaml.safe_load(raw)
-        except (OSError, yaml.YAMLError) as exc:
-            raise AgentError(f"agent prompt {path}: cannot read: {exc}", hint="agents.model.prompt names the file") from None
-        missing = [k for k in ("name", "version", "system", "json_schema_instructions") if not isinstance(data, dict) or k not in data]
-        if missing:
-            raise AgentError(f"agent prompt {path}: missing field(s) {missing}")
+        from opsfabric.files import read_prompt_file
+
+        data, sha256 = read_prompt_file(path, ("name", "version", "system", "json_schema_instructions"), what="agent prompt",
+                                        error=AgentError, hint="agents.model.prompt names the file")
         if "{tools}" not in data["json_schema_instructions"]:
             raise AgentError(f"agent prompt {path}: field 'json_schema_instructions' lacks the placeholder {{tools}}")
         examples = []
@@ -63,7 +57,7 @@ class AgentPrompt:
                 raise AgentError(f"agent prompt {path}: examples[{i}] has unknown field(s) {sorted(unknown)}")
             examples.append(FewShotExample(ex["request"], ex.get("tool"), dict(ex.get("arguments") or {}), ex.get("result"), ex.get("answer")))
         return cls(data["name"], str(data["version"]), data["system"].strip(), data["json_schema_instructions"].strip(), tuple(examples),
-                   hashlib.sha256(raw).hexdigest(), str(path))
+                   sha256, str(path))
 
 
 def tools_digest(tool_specs: list[dict[str, Any]]) -> str:

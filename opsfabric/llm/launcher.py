@@ -31,6 +31,7 @@ from typing import Any
 from opsfabric.llm.errors import LocalModelError
 from opsfabric.llm.models import INSTALL_HINT, ModelFile, resolve_model
 from opsfabric.llm.server import NATIVE_TOOLS_FORMAT
+from opsfabric.llm.settings import local_url
 
 log = logging.getLogger("opsfabric.llm")
 PID_FILE = "server.json"
@@ -54,10 +55,6 @@ def served_aliases(settings: Any) -> dict[str, dict]:
         if llm.server.native_tools_alias:
             aliases[f"{name}-native-tools"] = {**model.to_dict(), "served_chat_format": NATIVE_TOOLS_FORMAT, "tool_calling": "native"}
     return aliases
-
-
-def local_url(host: str, port: int) -> str:
-    return f"http://{host}:{port}/v1"
 
 
 @dataclass

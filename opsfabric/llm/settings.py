@@ -77,8 +77,11 @@ class LocalLLMSettings(_Section):
 LOCAL_BASE_URL = "local"  # a client base_url of "local" means the server `make llm` starts (llm.server.host/port)
 
 
+def local_url(host: str, port: int) -> str:
+    """The OpenAI-compatible base URL of the local model server."""
+    return f"http://{host}:{port}/v1"
+
+
 def resolve_base_url(base_url: str | None, host: str, port: int) -> str | None:
     """``local`` becomes the local server's URL; anything else passes through."""
-    if base_url == LOCAL_BASE_URL:
-        return f"http://{host}:{port}/v1"
-    return base_url
+    return local_url(host, port) if base_url == LOCAL_BASE_URL else base_url

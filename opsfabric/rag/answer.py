@@ -17,15 +17,12 @@ the server and its version, temperature, seed, prompt version and hash.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from opsfabric.rag.errors import EndpointError, RagError
 from opsfabric.rag.guard import as_data_block, detect_injection, sentence_is_suspicious
@@ -245,18 +242,13 @@ class PromptTemplate:
     @classmethod
     def load(cls, path: Path) -> "PromptTemplate":
         """Raises RagError naming the file and the missing field."""
-        try:
-            raw = path.read_bytes()
-            data = yaml.safe_load(raw)
-        except (OSError, yaml.YAMLError) as exc:
-            raise RagError(f"prompt template {path}: cannot read: {exc}") from exc
-        missing = [k for k in ("name", "version", "system", "user") if not isinstance(data, dict) or k not in data]
-        if missing:
-            raise RagError(f"prompt template {path}: missing field(s) {missing}")
+        from opsfabric.files import read_prompt_file
+
+        data, sha256 = read_prompt_file(path, ("name", "version", "system", "user"), what="prompt template", error=RagError)
         for placeholder in ("{documents}", "{question}"):
             if placeholder not in data["user"]:
                 raise RagError(f"prompt template {path}: field 'user' lacks the placeholder {placeholder}")
-        return cls(data["name"], str(data["version"]), data["system"], data["user"], hashlib.sha256(raw).hexdigest()[:16], str(path))
+        return cls(data["name"], str(data["version"]), data["system"], data["user"], sha256[:16], str(path))
 
     @property
     def label(self) -> str:

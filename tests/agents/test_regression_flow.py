@@ -14,18 +14,25 @@ GOLDEN = PROJECT_ROOT / "data" / "golden" / "agent"
 SUBSET = ["compare_2_3", "drift_then_retrain_approved", "abstain_ambiguous", "injection_then_risky_refused"]
 
 
-@pytest.mark.flows
-def test_flow_logs_results_and_fails_when_a_passing_scenario_regresses(prefect_api, tmp_path, monkeypatch):
-    from flows.agent_regression import agent_regression_flow
-    from opsfabric.settings import load_settings
-    from opsfabric.tracking import mlflow_client
-
+@pytest.fixture
+def subset_overlay(tmp_path):
+    """A copy of the SUBSET goldens and an overlay pointing the suite at them, with state under tmp_path."""
     golden = tmp_path / "golden"
     golden.mkdir()
     for sid in SUBSET:
         shutil.copy(GOLDEN / f"{sid}.yaml", golden)
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "agents": {"golden_dir": str(golden)}}))
+    return overlay, golden
+
+
+@pytest.mark.flows
+def test_flow_logs_results_and_fails_when_a_passing_scenario_regresses(prefect_api, tmp_path, subset_overlay):
+    from flows.agent_regression import agent_regression_flow
+    from opsfabric.settings import load_settings
+    from opsfabric.tracking import mlflow_client
+
+    overlay, golden = subset_overlay
 
     first = agent_regression_flow(config_files=[str(overlay)])
     assert first["pass_rate"] == 1.0 and set(first["verdicts"]) == set(SUBSET)
@@ -94,17 +101,12 @@ def test_dvc_stage_writes_metrics_and_diffs_and_fails_on_a_failing_scenario(tmp_
 
 
 @pytest.mark.flows
-def test_compare_runs_both_sides_on_the_same_scenarios_and_logs_a_parent_and_two_children(prefect_api, tmp_path):
+def test_compare_runs_both_sides_on_the_same_scenarios_and_logs_a_parent_and_two_children(prefect_api, tmp_path, subset_overlay):
     from flows.agent_regression import agent_compare_flow
     from opsfabric.settings import load_settings
     from opsfabric.tracking import mlflow_client
 
-    golden = tmp_path / "golden"
-    golden.mkdir()
-    for sid in SUBSET:
-        shutil.copy(GOLDEN / f"{sid}.yaml", golden)
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "agents": {"golden_dir": str(golden)}}))
+    base, _ = subset_overlay
     strict = tmp_path / "strict.yaml"  # a planner that abstains on almost everything: B must come out worse
     strict.write_text(yaml.safe_dump({"agents": {"model": {"kind": "offline", "min_similarity": 0.95, "min_similarity_risky": 0.95}}}))
     result = agent_compare_flow(str(base), f"{base},{strict}", trials=1, seed=0)
